@@ -1,0 +1,84 @@
+"""The one wiring place: settings in, a ready aiohttp application out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import structlog
+from aiohttp import web
+
+from kmsd import writes
+from kmsd.aws.sm import secrets_writer
+from kmsd.config import Settings
+from kmsd.db.migrate import migrate
+from kmsd.http import auth, middleware
+from kmsd.http.routes import setup_routes
+from kmsd.keys import HTTP, METRICS, POOL, SETTINGS, SM
+from kmsd.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+# How often the outbox is swept for writes whose metadata was not recorded.
+RECONCILE_INTERVAL_S = 60.0
+# A JSON body with a 64 KiB binary value in base64 is ~88 KiB; leave room, refuse the rest.
+CLIENT_MAX_SIZE = 256 * 1024
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(
+        settings.database_url, min_size=1, max_size=settings.db_pool_max
+    )
+    app[POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _aws(app: web.Application) -> AsyncIterator[None]:
+    async with secrets_writer(app[SETTINGS]) as sm, aiohttp.ClientSession() as http:
+        app[SM] = sm
+        app[HTTP] = http
+        yield
+
+
+async def _reconciler(app: web.Application) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            try:
+                await writes.reconcile(app[POOL], app[SM])
+            except Exception:
+                log.exception("reconcile_failed")
+            await asyncio.sleep(RECONCILE_INTERVAL_S)
+
+    task = asyncio.create_task(loop(), name="kmsd-reconciler")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: Settings, *, reconcile: bool = True) -> web.Application:
+    """Build the kmsd application for ``settings``."""
+    app = web.Application(
+        client_max_size=CLIENT_MAX_SIZE,
+        # Order: access_log outermost (sees the final status and duration), then errors
+        # (turns KmsError into problem+json, including auth failures), then bearer auth.
+        middlewares=[middleware.access_log, middleware.errors, auth.bearer],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_aws)
+    if reconcile:
+        app.cleanup_ctx.append(_reconciler)
+    setup_routes(app)
+    return app

@@ -1,0 +1,178 @@
+"""Secrets Manager writes, through aiobotocore, with the read operations refused."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kmsd.config import Settings
+from kmsd.errors import Conflict, UpstreamError
+
+log = structlog.get_logger(__name__)
+
+# kmsd must never hold a secret value. These calls are refused by an event hook on every client
+# this module builds, before the request is signed or sent.
+FORBIDDEN_OPERATIONS = frozenset(
+    {
+        "secretsmanager.GetSecretValue",
+        "secretsmanager.BatchGetSecretValue",
+        "kms.Decrypt",
+        "kms.GenerateDataKey",
+        "kms.GenerateDataKeyPair",
+        "kms.ReEncrypt",
+    }
+)
+
+# One retry layer (botocore's), explicit: a few quick attempts, then the caller sees a 502.
+_AWS_CONFIG = AioConfig(
+    retries={"max_attempts": 3, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=15,
+)
+
+
+class ForbiddenOperation(RuntimeError):
+    """A code path tried to read a secret value through kmsd's own AWS client."""
+
+
+def _refuse(model: Any, **_: Any) -> None:
+    raise ForbiddenOperation(f"kmsd never calls {model.name}: it holds no secret values")
+
+
+def guard(client: Any) -> None:
+    """Install the refusal hook on ``client`` for its service's forbidden operations."""
+    model = client.meta.service_model
+    for op in FORBIDDEN_OPERATIONS:
+        service, _, name = op.partition(".")
+        if service == model.service_name:
+            event = f"before-call.{model.service_id.hyphenize()}.{name}"
+            client.meta.events.register(event, _refuse)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    arn: str
+    version_id: str
+
+
+class SecretsWriter:
+    """The SM operations kmsd performs: create, version, describe, delete, restore."""
+
+    def __init__(self, client: Any, recovery_window_days: int) -> None:
+        self._sm = client
+        self._recovery_days = recovery_window_days
+
+    async def write(
+        self,
+        sm_name: str,
+        version_id: str,
+        value: str | bytes,
+        *,
+        create: bool,
+        tags: Mapping[str, str],
+        description: str = "",
+    ) -> WriteResult:
+        """Create the secret or add a version; ``version_id`` makes the call idempotent."""
+        payload: dict[str, Any] = (
+            {"SecretString": value} if isinstance(value, str) else {"SecretBinary": value}
+        )
+        try:
+            if create:
+                try:
+                    resp = await self._sm.create_secret(
+                        Name=sm_name,
+                        ClientRequestToken=version_id,
+                        Description=description,
+                        Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())],
+                        **payload,
+                    )
+                    return WriteResult(resp["ARN"], resp["VersionId"])
+                except ClientError as exc:
+                    if _code(exc) not in ("ResourceExistsException", "InvalidRequestException"):
+                        raise
+                    # An SM secret with our deterministic name but no metadata: left by a
+                    # deleted node (scheduled for deletion) or a write whose metadata was lost.
+                    await self._adopt(sm_name, tags)
+            resp = await self._sm.put_secret_value(
+                SecretId=sm_name, ClientRequestToken=version_id, **payload
+            )
+            return WriteResult(resp["ARN"], resp["VersionId"])
+        except ClientError as exc:
+            raise _upstream("write the secret", sm_name, exc) from None
+        except BotoCoreError as exc:
+            raise UpstreamError(
+                f"could not reach Secrets Manager to write {sm_name!r}: {type(exc).__name__}"
+            ) from None
+
+    async def _adopt(self, sm_name: str, tags: Mapping[str, str]) -> None:
+        desc = await self._sm.describe_secret(SecretId=sm_name)
+        found = {t["Key"]: t["Value"] for t in desc.get("Tags", [])}
+        if found.get("kmsd:path") != tags.get("kmsd:path"):
+            raise Conflict(
+                f"an SM secret named {sm_name!r} exists and was not created by kmsd for this path"
+            )
+        if desc.get("DeletedDate") is not None:
+            await self._sm.restore_secret(SecretId=sm_name)
+        log.info("sm_secret_adopted", sm_name=sm_name)
+
+    async def has_version(self, sm_name: str, version_id: str) -> str | None:
+        """Return the secret's ARN if SM holds ``version_id`` of it, else None."""
+        try:
+            pages = self._sm.get_paginator("list_secret_version_ids").paginate(
+                SecretId=sm_name, IncludeDeprecated=True
+            )
+            arn: str | None = None
+            async for page in pages:
+                arn = page["ARN"]
+                if any(v["VersionId"] == version_id for v in page.get("Versions", [])):
+                    return arn
+        except ClientError as exc:
+            if _code(exc) == "ResourceNotFoundException":
+                return None
+            raise _upstream("list versions of", sm_name, exc) from None
+        return None
+
+    async def delete(self, sm_name: str) -> None:
+        """Schedule deletion (recoverable for the configured window); absent is fine."""
+        try:
+            await self._sm.delete_secret(SecretId=sm_name, RecoveryWindowInDays=self._recovery_days)
+        except ClientError as exc:
+            code = _code(exc)
+            if code == "ResourceNotFoundException":
+                return
+            if code == "InvalidRequestException" and "deletion" in str(exc).lower():
+                return  # already scheduled
+            raise _upstream("delete", sm_name, exc) from None
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _upstream(what: str, sm_name: str, exc: ClientError) -> UpstreamError:
+    # The AWS error code is safe to show; the message is not echoed in case a service ever
+    # quotes request content back.
+    return UpstreamError(
+        f"Secrets Manager refused to {what} {sm_name!r} ({_code(exc)})", aws_error=_code(exc)
+    )
+
+
+@asynccontextmanager
+async def secrets_writer(settings: Settings) -> AsyncIterator[SecretsWriter]:
+    """Build kmsd's SM client from the ambient credentials, guarded, for the app's lifetime."""
+    session = get_session()
+    async with session.create_client(
+        "secretsmanager",
+        region_name=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        config=_AWS_CONFIG,
+    ) as client:
+        guard(client)
+        yield SecretsWriter(client, settings.sm_recovery_window_days)

@@ -1,0 +1,1 @@
+"""Command lines: ``kmsd`` (serve, migrate, dev) and ``kmsctl`` (the operator's client)."""

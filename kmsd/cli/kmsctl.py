@@ -1,0 +1,284 @@
+"""``kmsctl``: the operator's client. Signs in with the ambient AWS identity on every call.
+
+Reads ``KMSD_ADDR`` and ``KMSD_SERVER_ID``; AWS credentials, region and the STS endpoint come
+from the usual AWS sources (environment, profile, instance role).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from kmsd.aws.login import sign_login
+
+TIMEOUT_S = 30
+
+
+class CliError(Exception):
+    """A failure to report on stderr with exit status 1."""
+
+
+class Client:
+    """A small synchronous kmsd client (one sign-in per process)."""
+
+    def __init__(self, addr: str, server_id: str) -> None:
+        self.addr = addr.rstrip("/")
+        self.server_id = server_id
+        self._token: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Client:
+        addr = os.environ.get("KMSD_ADDR")
+        server_id = os.environ.get("KMSD_SERVER_ID")
+        if not addr or not server_id:
+            raise CliError("set KMSD_ADDR and KMSD_SERVER_ID (with kmsd dev: . .kmsd-dev/env)")
+        return cls(addr, server_id)
+
+    def login(self) -> dict[str, Any]:
+        import botocore.session
+
+        session = botocore.session.get_session()
+        credentials = session.get_credentials()
+        if credentials is None:
+            raise CliError("no AWS credentials found (environment, profile or instance role)")
+        region = session.get_config_variable("region") or "us-east-1"
+        sts = (
+            os.environ.get("KMSD_STS_ENDPOINT")
+            or os.environ.get("AWS_ENDPOINT_URL_STS")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or f"https://sts.{region}.amazonaws.com"
+        )
+        body = sign_login(
+            credentials.get_frozen_credentials(),
+            region=region,
+            sts_endpoint=sts,
+            server_id=self.server_id,
+        )
+        answer: dict[str, Any] = self._send("POST", "/v1/auth/aws/login", body, auth=False)
+        self._token = answer["token"]
+        return answer
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        if self._token is None:
+            self.login()
+        return self._send(method, path, body, auth=True)
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None, *, auth: bool) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.addr + path, data=data, method=method)  # noqa: S310
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if auth:
+            req.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:  # noqa: S310
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            raise CliError(_problem_text(err)) from None
+        except urllib.error.URLError as err:
+            raise CliError(f"cannot reach kmsd at {self.addr}: {err.reason}") from None
+
+
+def _problem_text(err: urllib.error.HTTPError) -> str:
+    try:
+        doc = json.loads(err.read())
+        return f"{doc.get('title', err.reason)} ({err.code}): {doc.get('detail', '')}"
+    except (ValueError, AttributeError):
+        return f"HTTP {err.code} {err.reason}"
+
+
+def _q(path: str) -> str:
+    return quote(path, safe="/")
+
+
+def _print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: Callable[[Any], None]) -> None:
+    if getattr(args, "output", "text") == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        text(doc)
+
+
+def cmd_login(c: Client, args: argparse.Namespace) -> None:
+    doc = c.login()
+    doc.pop("token", None)  # never print a bearer token by default
+    _emit(args, doc, lambda d: print(f"signed in as {d['principal']} until {d['expires_at']}"))
+
+
+def cmd_node_create(c: Client, args: argparse.Namespace) -> None:
+    suffix = "?parents=true" if args.parents else ""
+    doc = c.call("PUT", f"/v1/nodes/{_q(args.path)}{suffix}")
+    print(f"created {', '.join(doc['created'])}" if doc["created"] else f"{args.path} exists")
+
+
+def cmd_node_show(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", f"/v1/nodes/{_q(args.path)}")
+
+    def text(d: dict[str, Any]) -> None:
+        print(f"{d['path']} ({d['level']})")
+        print(f"  children: {', '.join(d['children']) or '-'}")
+        print(f"  secrets:  {', '.join(d['secrets']) or '-'}")
+
+    _emit(args, doc, text)
+
+
+def cmd_node_list(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", "/v1/nodes")
+    _emit(args, doc, lambda d: print("\n".join(d["namespaces"]) or "(no namespaces)"))
+
+
+def cmd_node_delete(c: Client, args: argparse.Namespace) -> None:
+    suffix = "?recursive=true" if args.recursive else ""
+    doc = c.call("DELETE", f"/v1/nodes/{_q(args.path)}{suffix}")
+    print(f"deleted {doc['path']} ({doc['secrets_deleted']} secret(s) scheduled for deletion)")
+
+
+def cmd_secret_put(c: Client, args: argparse.Namespace) -> None:
+    body: dict[str, Any]
+    if args.file is not None:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        body = {"kind": "binary", "value_b64": base64.b64encode(data).decode()}
+    else:
+        raw = sys.stdin.read() if args.json == "-" else args.json
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--json is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        body = {"kind": "json", "value": value}
+    if args.description:
+        body["description"] = args.description
+    if args.tag:
+        body["tags"] = dict(_pair(t) for t in args.tag)
+    if args.expires_at:
+        body["expires_at"] = args.expires_at
+    doc = c.call("PUT", f"/v1/secrets/{_q(args.path)}/{_q(args.name)}", body)
+    verb = "created" if doc["created"] else "new version of"
+    print(f"{verb} {doc['path']}/{doc['name']} ({doc['kind']}): version {doc['version_id']}")
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, val = text.partition("=")
+    if not sep:
+        raise CliError(f"--tag takes KEY=VALUE, got {text!r}")
+    return key, val
+
+
+def cmd_secret_show(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", f"/v1/secrets/{_q(args.path)}/{_q(args.name)}")
+
+    def text(d: dict[str, Any]) -> None:
+        print(f"{d['path']}/{d['name']} ({d['kind']}) {d['sm_arn']}")
+        _print_table(
+            [
+                (v["version_id"], v["stage"], v["created_at"], v["created_by"])
+                for v in d["versions"]
+            ],
+            ("VERSION", "STAGE", "CREATED", "BY"),
+        )
+
+    _emit(args, doc, text)
+
+
+def cmd_secret_delete(c: Client, args: argparse.Namespace) -> None:
+    c.call("DELETE", f"/v1/secrets/{_q(args.path)}/{_q(args.name)}")
+    print(f"deleted {args.path}/{args.name} (SM deletion scheduled)")
+
+
+def cmd_effective(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", f"/v1/effective/{_q(args.path)}")
+
+    def text(d: dict[str, Any]) -> None:
+        print(f"{d['path']}  path_version={d['path_version']}  hash={d['hash'][:16]}")
+        rows = []
+        for s in d["secrets"]:
+            current = next((v["version_id"] for v in s["versions"] if v["stage"] == "current"), "-")
+            shadowed = ", ".join(s["overrides"]) if s["overrides"] else ""
+            rows.append((s["name"], s["kind"], s["source"], current, shadowed))
+        _print_table(rows, ("NAME", "KIND", "SOURCE", "CURRENT VERSION", "OVERRIDES"))
+
+    _emit(args, doc, text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kmsctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def read_verb(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--output", choices=("text", "json"), default="text")
+        return p
+
+    read_verb(sub.add_parser("login", help="sign in and show who you are")).set_defaults(
+        func=cmd_login
+    )
+
+    node = sub.add_parser("node", help="namespaces, applications and child nodes")
+    nsub = node.add_subparsers(dest="verb", required=True)
+    p = nsub.add_parser("create", help="create a node")
+    p.add_argument("path")
+    p.add_argument("-p", "--parents", action="store_true", help="create missing ancestors")
+    p.set_defaults(func=cmd_node_create)
+    p = read_verb(nsub.add_parser("show", help="show a node's children and secrets"))
+    p.add_argument("path")
+    p.set_defaults(func=cmd_node_show)
+    read_verb(nsub.add_parser("list", help="list namespaces")).set_defaults(func=cmd_node_list)
+    p = nsub.add_parser("delete", help="delete a node")
+    p.add_argument("path")
+    p.add_argument("--recursive", action="store_true", help="also delete its children and secrets")
+    p.set_defaults(func=cmd_node_delete)
+
+    secret = sub.add_parser("secret", help="secrets and their versions")
+    ssub = secret.add_subparsers(dest="verb", required=True)
+    p = ssub.add_parser("put", help="create a secret or add a version (value goes to SM only)")
+    p.add_argument("path")
+    p.add_argument("name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--json", help="a JSON object; '-' reads it from stdin (keeps it out of shell history)"
+    )
+    src.add_argument("--file", help="a file stored as a binary secret; '-' reads stdin")
+    p.add_argument("--description", default="")
+    p.add_argument("--tag", action="append", help="KEY=VALUE (repeatable)")
+    p.add_argument("--expires-at", help="ISO 8601 time with zone")
+    p.set_defaults(func=cmd_secret_put)
+    p = read_verb(ssub.add_parser("show", help="show a secret's metadata and versions"))
+    p.add_argument("path")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_secret_show)
+    p = ssub.add_parser("delete", help="delete a secret (SM deletion is recoverable for a while)")
+    p.add_argument("path")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_secret_delete)
+
+    p = read_verb(sub.add_parser("effective", help="show a path's effective set"))
+    p.add_argument("path")
+    p.set_defaults(func=cmd_effective)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(Client.from_env(), args)
+    except CliError as exc:
+        print(f"kmsctl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``kmsd serve | migrate | dev``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from kmsd.app import create_app
+from kmsd.config import DEFAULT_PORT, Settings
+from kmsd.db.migrate import migrate
+from kmsd.errors import ConfigError
+from kmsd.logs import configure
+
+log = structlog.get_logger("kmsd")
+
+
+async def serve_until_signalled(
+    settings: Settings, on_ready: Callable[[], Awaitable[None] | None] | None = None
+) -> None:
+    """Run the app until SIGINT or SIGTERM, then shut down cleanly."""
+    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("kmsd_listening", host=settings.listen_host, port=settings.listen_port)
+    if on_ready is not None:
+        maybe = on_ready()
+        if maybe is not None:
+            await maybe
+    await stop.wait()
+    log.info("kmsd_stopping")
+    await runner.cleanup()
+
+
+async def _migrate_only(settings: Settings) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kmsd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run kmsd (configuration from KMSD_* environment variables)")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    dev = sub.add_parser("dev", help="run kmsd with embedded PostgreSQL and moto's AWS server")
+    dev.add_argument("--port", type=int, default=DEFAULT_PORT)
+    dev.add_argument("--data-dir", default="./.kmsd-dev")
+    args = parser.parse_args(argv)
+
+    if args.command == "dev":
+        from kmsd.cli.dev import run_dev
+
+        return run_dev(args.port, args.data_dir)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"kmsd: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_format)
+    if args.command == "migrate":
+        asyncio.run(_migrate_only(settings))
+        return 0
+    asyncio.run(serve_until_signalled(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Configuration: one frozen dataclass, parsed once from the environment.
+
+Nothing else in kmsd reads ``os.environ``; the dev launcher builds a mapping and passes it in.
+botocore still reads the ambient AWS credentials itself, as it must.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from kmsd.errors import ConfigError
+
+DEFAULT_PORT = 8700
+# Bearer tokens are short-lived: an agent signs in again long before this runs out.
+DEFAULT_TOKEN_TTL_S = 3600
+# SM's own floor is 7 days; a deleted secret stays recoverable for a week by default.
+DEFAULT_RECOVERY_WINDOW_DAYS = 7
+# Signed sign-in requests older (or newer) than this are refused, as Vault does.
+DEFAULT_LOGIN_MAX_SKEW_S = 15 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything kmsd needs to run, validated at start-up."""
+
+    database_url: str
+    server_id: str
+    sts_endpoint: str
+    aws_region: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PORT
+    aws_endpoint_url: str | None = None
+    admins: tuple[str, ...] = ()
+    token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    login_max_skew_s: int = DEFAULT_LOGIN_MAX_SKEW_S
+    sm_prefix: str = "kmsd/"
+    sm_recovery_window_days: int = DEFAULT_RECOVERY_WINDOW_DAYS
+    log_format: str = "json"
+    db_pool_max: int = 10
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse settings from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        missing = [k for k in ("KMSD_DATABASE_URL", "KMSD_SERVER_ID") if not env.get(k)]
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if not region:
+            missing.append("AWS_REGION (or AWS_DEFAULT_REGION)")
+        if missing:
+            raise ConfigError("missing required settings: " + ", ".join(missing))
+        assert region is not None
+        endpoint = env.get("AWS_ENDPOINT_URL") or None
+        sts = (
+            env.get("KMSD_STS_ENDPOINT")
+            or env.get("AWS_ENDPOINT_URL_STS")
+            or endpoint
+            or f"https://sts.{region}.amazonaws.com"
+        )
+        listen = env.get("KMSD_LISTEN", f"127.0.0.1:{DEFAULT_PORT}")
+        host, _, port = listen.rpartition(":")
+        settings = cls(
+            database_url=env["KMSD_DATABASE_URL"],
+            server_id=env["KMSD_SERVER_ID"],
+            sts_endpoint=_normalise_endpoint(sts, "KMSD_STS_ENDPOINT"),
+            aws_region=region,
+            listen_host=host or "0.0.0.0",  # noqa: S104 - ":8700" means all interfaces, on request
+            listen_port=_int(port, "KMSD_LISTEN port"),
+            aws_endpoint_url=endpoint,
+            admins=tuple(a.strip() for a in env.get("KMSD_ADMINS", "").split(",") if a.strip()),
+            token_ttl_s=_int(env.get("KMSD_TOKEN_TTL", str(DEFAULT_TOKEN_TTL_S)), "KMSD_TOKEN_TTL"),
+            sm_prefix=env.get("KMSD_SM_PREFIX", "kmsd/"),
+            sm_recovery_window_days=_int(
+                env.get("KMSD_SM_RECOVERY_WINDOW_DAYS", str(DEFAULT_RECOVERY_WINDOW_DAYS)),
+                "KMSD_SM_RECOVERY_WINDOW_DAYS",
+            ),
+            log_format=env.get("KMSD_LOG_FORMAT", "json"),
+            db_pool_max=_int(env.get("KMSD_DB_POOL_MAX", "10"), "KMSD_DB_POOL_MAX"),
+        )
+        if not 7 <= settings.sm_recovery_window_days <= 30:
+            raise ConfigError("KMSD_SM_RECOVERY_WINDOW_DAYS must be between 7 and 30 (SM's range)")
+        if settings.log_format not in ("json", "console"):
+            raise ConfigError("KMSD_LOG_FORMAT must be 'json' or 'console'")
+        return settings
+
+
+def _int(raw: str, name: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _normalise_endpoint(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
+    return f"{parts.scheme}://{parts.netloc}"

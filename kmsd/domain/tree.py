@@ -1,0 +1,119 @@
+"""Effective-set resolution.
+
+The effective set of ``ns/app/r/c`` is the union of the secrets attached to ``ns/app``,
+``ns/app/r`` and ``ns/app/r/c``; where two levels attach a secret with the same name, the
+deeper one wins (a cluster overrides its region, a region its application). Each entry names
+the node it comes from and the nodes it shadows, so an operator can see why a value applies.
+
+Only versions a client may use are offered: the owner sees ``pending``, ``current`` and
+``previous``; ``revoked`` and ``deprecated`` (no longer labelled in SM) are for operators only.
+
+``path_version`` is not computed here: it is the largest change number among the chain's nodes
+(see sql/0001), so it moves exactly when one of those nodes' own secrets change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+STAGES = ("pending", "current", "previous", "revoked", "deprecated")
+OWNER_STAGES = frozenset({"pending", "current", "previous"})
+KINDS = ("json", "binary")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVersion:
+    version_id: str
+    stage: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMeta:
+    """A secret's metadata as stored in PostgreSQL (never its value)."""
+
+    name: str
+    kind: str
+    sm_arn: str
+    versions: tuple[SecretVersion, ...]
+    expires_at: datetime | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSecrets:
+    """The secrets attached to one node of a chain."""
+
+    path: str
+    secrets: tuple[SecretMeta, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveEntry:
+    secret: SecretMeta
+    source: str
+    overrides: tuple[str, ...]
+
+
+def resolve(chain: Sequence[NodeSecrets]) -> list[EffectiveEntry]:
+    """Resolve a chain ordered from the application down to the leaf, sorted by name."""
+    winners: dict[str, EffectiveEntry] = {}
+    for node in chain:
+        for secret in node.secrets:
+            shadowed = winners.get(secret.name)
+            overrides: tuple[str, ...] = ()
+            if shadowed is not None:
+                overrides = (shadowed.source, *shadowed.overrides)
+            winners[secret.name] = EffectiveEntry(secret, node.path, overrides)
+    return [winners[name] for name in sorted(winners)]
+
+
+def usable_versions(
+    versions: Sequence[SecretVersion], stages: frozenset[str] = OWNER_STAGES
+) -> list[SecretVersion]:
+    """Return the versions offered to a client, current first, then pending, then previous."""
+    order = {"current": 0, "pending": 1, "previous": 2}
+    return sorted(
+        (v for v in versions if v.stage in stages),
+        key=lambda v: (order.get(v.stage, 9), v.version_id),
+    )
+
+
+def entry_document(entry: EffectiveEntry) -> dict[str, Any]:
+    """Render one entry as the API shows it: metadata and usable version ids, never a value."""
+    secret = entry.secret
+    return {
+        "name": secret.name,
+        "kind": secret.kind,
+        "source": entry.source,
+        "overrides": list(entry.overrides),
+        "sm_arn": secret.sm_arn,
+        "expires_at": secret.expires_at.isoformat() if secret.expires_at else None,
+        "versions": [
+            {"version_id": v.version_id, "stage": v.stage} for v in usable_versions(secret.versions)
+        ],
+    }
+
+
+def set_hash(documents: Sequence[dict[str, Any]]) -> str:
+    """sha256 over the canonical JSON (sorted keys, no spaces) of the rendered set."""
+    return hashlib.sha256(orjson.dumps(list(documents), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def effective_document(
+    path: str, path_version: int, chain: Sequence[NodeSecrets]
+) -> dict[str, Any]:
+    """Build the ``GET /v1/effective`` body for a chain."""
+    secrets = [entry_document(e) for e in resolve(chain)]
+    return {
+        "path": path,
+        "path_version": path_version,
+        "hash": set_hash(secrets),
+        "secrets": secrets,
+    }

@@ -1,0 +1,105 @@
+"""The one error hierarchy: every failure a client may see is a KmsError.
+
+Each class carries a stable ``code`` (the last part of the problem ``type`` URI), the HTTP
+status it maps to, and a ``detail`` written for the person reading it. Details never contain a
+secret value: callers pass names and paths, never payloads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class KmsError(Exception):
+    """Base for every error that crosses the API boundary."""
+
+    code: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        """Return the RFC 9457 problem document for this error."""
+        body: dict[str, Any] = {
+            "type": f"https://kmsd.dev/problems/{self.code}",
+            "title": self.title,
+            "status": self.http_status,
+            "detail": self.detail,
+        }
+        body.update(self.extra)
+        return body
+
+
+class InvalidInput(KmsError):
+    code = "invalid-input"
+    title = "Invalid input"
+    http_status = 400
+
+
+class Unauthenticated(KmsError):
+    code = "unauthenticated"
+    title = "Authentication required"
+    http_status = 401
+
+
+class LoginRejected(Unauthenticated):
+    code = "login-rejected"
+    title = "Sign-in request rejected"
+
+
+class Forbidden(KmsError):
+    code = "forbidden"
+    title = "Forbidden"
+    http_status = 403
+
+
+class NotFound(KmsError):
+    code = "not-found"
+    title = "Not found"
+    http_status = 404
+
+
+class MethodNotAllowed(KmsError):
+    code = "method-not-allowed"
+    title = "Method not allowed"
+    http_status = 405
+
+
+class Conflict(KmsError):
+    code = "conflict"
+    title = "Conflict"
+    http_status = 409
+
+
+class PayloadTooLarge(KmsError):
+    code = "payload-too-large"
+    title = "Payload too large"
+    http_status = 413
+
+
+class UnsupportedMediaType(KmsError):
+    code = "unsupported-media-type"
+    title = "Unsupported media type"
+    http_status = 415
+
+
+class UpstreamError(KmsError):
+    """AWS (SM, KMS, STS) refused or failed; nothing was recorded on our side."""
+
+    code = "upstream-error"
+    title = "AWS request failed"
+    http_status = 502
+
+
+class Unavailable(KmsError):
+    code = "unavailable"
+    title = "Service unavailable"
+    http_status = 503
+
+
+class ConfigError(Exception):
+    """Start-up configuration is missing or malformed (never reaches HTTP)."""

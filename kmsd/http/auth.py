@@ -1,0 +1,94 @@
+"""Sign-in (``POST /v1/auth/aws/login``) and the bearer-token middleware."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from kmsd.aws.sts import caller_arn
+from kmsd.db import sessions
+from kmsd.domain.access import is_admin
+from kmsd.domain.signin import LoginRequest, check_login, principal_from_arn
+from kmsd.errors import Forbidden, KmsError, Unauthenticated
+from kmsd.http.common import PRINCIPAL, json_body, json_response, principal
+from kmsd.keys import HTTP, METRICS, POOL, SETTINGS
+
+log = structlog.get_logger(__name__)
+
+# Routes any caller may reach without a token.
+PUBLIC_ROUTES = frozenset({"/v1/auth/aws/login", "/healthz", "/metrics"})
+
+
+async def login(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    try:
+        req = LoginRequest.from_json(await json_body(request))
+        now = datetime.now(UTC)
+        check_login(
+            req,
+            sts_endpoint=settings.sts_endpoint,
+            server_id=settings.server_id,
+            now=now,
+            max_skew=timedelta(seconds=settings.login_max_skew_s),
+        )
+        who = principal_from_arn(await caller_arn(request.app[HTTP], settings.sts_endpoint, req))
+    except KmsError as err:
+        metrics.logins.labels("rejected").inc()
+        log.info("login_rejected", reason=err.detail)
+        raise
+    token, expires = await sessions.create_session(
+        request.app[POOL],
+        who,
+        request.remote or "",
+        now,
+        timedelta(seconds=settings.token_ttl_s),
+    )
+    metrics.logins.labels("accepted").inc()
+    log.info("login_accepted", principal=who.arn, caller_arn=who.caller_arn)
+    return json_response(
+        {
+            "token": token,
+            "principal": who.arn,
+            "caller_arn": who.caller_arn,
+            "expires_at": expires.isoformat(),
+        }
+    )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    who = principal(request)
+    admin = is_admin(who.arn, request.app[SETTINGS].admins)
+    return json_response({"principal": who.arn, "caller_arn": who.caller_arn, "admin": admin})
+
+
+@web.middleware
+async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve ``Authorization: Bearer`` to a principal; refuse protected routes without one."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else ""
+    if route in PUBLIC_ROUTES or request.match_info.http_exception is not None:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("send Authorization: Bearer TOKEN from POST /v1/auth/aws/login")
+    who = await sessions.lookup(request.app[POOL], token.strip())
+    if who is None:
+        raise Unauthenticated("the bearer token is unknown or expired; sign in again")
+    request[PRINCIPAL] = who
+    structlog.contextvars.bind_contextvars(principal=who.arn)
+    return await handler(request)
+
+
+def require_admin(request: web.Request) -> None:
+    """Until bindings exist, only KMSD_ADMINS principals may change anything."""
+    who = principal(request)
+    if not is_admin(who.arn, request.app[SETTINGS].admins):
+        raise Forbidden(
+            f"{who.arn} may read effective sets but not change the tree or secrets "
+            "(only principals matching KMSD_ADMINS may)"
+        )

@@ -1,0 +1,46 @@
+"""Helpers shared by handlers: JSON bodies in, JSON out, the caller's principal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kmsd.domain.signin import Principal
+from kmsd.errors import InvalidInput, Unauthenticated, UnsupportedMediaType
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """Parse a JSON object body or raise a 400/415 that says what was wrong."""
+    if request.content_type not in ("application/json", ""):
+        raise UnsupportedMediaType("send the request body as application/json")
+    raw = await request.read()
+    try:
+        doc = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON ({exc.msg} at {exc.pos})") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return doc
+
+
+def principal(request: web.Request) -> Principal:
+    found: Principal | None = request.get(PRINCIPAL)
+    if found is None:
+        raise Unauthenticated("send Authorization: Bearer TOKEN from POST /v1/auth/aws/login")
+    return found
+
+
+def flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise InvalidInput(f"query parameter {name!r} must be true or false")
+    return raw in ("true", "1")

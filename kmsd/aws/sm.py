@@ -124,20 +124,19 @@ class SecretsWriter:
 
     async def has_version(self, sm_name: str, version_id: str) -> str | None:
         """Return the secret's ARN if SM holds ``version_id`` of it, else None."""
+        kwargs: dict[str, Any] = {"SecretId": sm_name, "IncludeDeprecated": True}
         try:
-            pages = self._sm.get_paginator("list_secret_version_ids").paginate(
-                SecretId=sm_name, IncludeDeprecated=True
-            )
-            arn: str | None = None
-            async for page in pages:
-                arn = page["ARN"]
+            while True:
+                page = await self._sm.list_secret_version_ids(**kwargs)
                 if any(v["VersionId"] == version_id for v in page.get("Versions", [])):
-                    return arn
+                    return str(page["ARN"])
+                if not page.get("NextToken"):
+                    return None
+                kwargs["NextToken"] = page["NextToken"]
         except ClientError as exc:
             if _code(exc) == "ResourceNotFoundException":
                 return None
             raise _upstream("list versions of", sm_name, exc) from None
-        return None
 
     async def delete(self, sm_name: str) -> None:
         """Schedule deletion (recoverable for the configured window); absent is fine."""

@@ -83,7 +83,8 @@ class Api:
         self.headers = {"Authorization": f"Bearer {token}"}
 
     async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-        async with self.client.request(method, path, headers=self.headers, **kw) as resp:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        async with self.client.request(method, path, headers=headers, **kw) as resp:
             body = await resp.json(content_type=None) if resp.content_length != 0 else None
             return resp.status, body
 

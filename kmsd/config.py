@@ -68,7 +68,7 @@ class Settings:
             sts_endpoint=_normalise_endpoint(sts, "KMSD_STS_ENDPOINT"),
             aws_region=region,
             listen_host=host or "0.0.0.0",  # noqa: S104 - ":8700" means all interfaces, on request
-            listen_port=_int(port, "KMSD_LISTEN port"),
+            listen_port=_int(port, "KMSD_LISTEN port", 0, 65535),
             aws_endpoint_url=endpoint,
             admins=tuple(a.strip() for a in env.get("KMSD_ADMINS", "").split(",") if a.strip()),
             token_ttl_s=_int(env.get("KMSD_TOKEN_TTL", str(DEFAULT_TOKEN_TTL_S)), "KMSD_TOKEN_TTL"),
@@ -87,11 +87,14 @@ class Settings:
         return settings
 
 
-def _int(raw: str, name: str) -> int:
+def _int(raw: str, name: str, low: int = 1, high: int = 2**31 - 1) -> int:
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
 
 
 def _normalise_endpoint(url: str, name: str) -> str:

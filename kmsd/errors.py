@@ -24,14 +24,14 @@ class KmsError(Exception):
 
     def problem(self) -> dict[str, Any]:
         """Return the RFC 9457 problem document for this error."""
-        body: dict[str, Any] = {
+        # Extension members never override the standard ones.
+        return {
+            **self.extra,
             "type": f"https://kmsd.dev/problems/{self.code}",
             "title": self.title,
             "status": self.http_status,
             "detail": self.detail,
         }
-        body.update(self.extra)
-        return body
 
 
 class InvalidInput(KmsError):

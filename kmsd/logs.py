@@ -9,34 +9,49 @@ from typing import Any
 
 import structlog
 
-# Field names that could carry a secret value or a credential. Dropped from every event,
-# whatever the caller meant: a log line is the wrong place for any of them.
+# Field names that could carry a secret value or a credential, compared without case or
+# underscores (so SecretString and secret_string are one name). Dropped from every event, at
+# any depth, whatever the caller meant: a log line is the wrong place for any of them.
 REDACTED_FIELDS = frozenset(
     {
         "value",
-        "value_b64",
+        "valueb64",
         "secret",
-        "secret_string",
-        "secret_binary",
+        "secretstring",
+        "secretbinary",
         "plaintext",
         "password",
         "token",
         "authorization",
         "credentials",
-        "secret_access_key",
-        "session_token",
+        "secretaccesskey",
+        "sessiontoken",
         "body",
     }
 )
 
 
+def _redacted(key: object) -> bool:
+    return isinstance(key, str) and key.lower().replace("_", "") in REDACTED_FIELDS
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if not _redacted(k)}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
 def drop_secret_fields(
     _logger: Any, _name: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Processor: remove any field whose name says it may hold a value."""
+    """Processor: remove any field, at any depth, whose name says it may hold a value."""
     for key in list(event):
-        if key.lower() in REDACTED_FIELDS:
+        if _redacted(key):
             del event[key]
+        else:
+            event[key] = _scrub(event[key])
     return event
 
 

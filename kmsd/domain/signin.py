@@ -155,7 +155,7 @@ def _signed_headers(headers: Mapping[str, str]) -> frozenset[str]:
     match = _AUTH_RE.match(headers.get("authorization", ""))
     if match is None:
         raise LoginRejected("the request carries no AWS SigV4 Authorization header")
-    if "/sts/aws4_request" not in match["cred"]:
+    if not match["cred"].endswith("/sts/aws4_request"):
         raise LoginRejected("the request is not signed for the STS service")
     return frozenset(match["signed"].split(";"))
 

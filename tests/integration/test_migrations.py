@@ -31,7 +31,7 @@ async def test_two_starters_apply_each_migration_once(fresh_database: Any) -> No
         second = asyncio.create_task(migrate(b))
         waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         async with asyncio.timeout(10):
-            while await holder.fetchval(waiting) < 2:
+            while await holder.fetchval(waiting) < 2:  # noqa: ASYNC110 - polling PostgreSQL
                 await asyncio.sleep(0.01)
         await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
         applied = await asyncio.gather(first, second)
@@ -65,8 +65,9 @@ async def test_failed_migration_rolls_back_and_is_not_recorded(
         assert await conn.fetchval("SELECT to_regclass('t2')") is None
         # The lock was released: a fixed file applies.
         (directory / "0002_broken.sql").write_text("CREATE TABLE t2 (id int);")
-        with pytest.raises(ConfigError):  # but editing an applied file is refused ...
-            (directory / "0001_ok.sql").write_text("CREATE TABLE t1 (id bigint);")
+        # ... but editing an applied file is refused ...
+        (directory / "0001_ok.sql").write_text("CREATE TABLE t1 (id bigint);")
+        with pytest.raises(ConfigError):
             await migrate(conn, directory)
         (directory / "0001_ok.sql").write_text("CREATE TABLE t1 (id int);")
         assert await migrate(conn, directory) == ["0002_broken"]  # ... restoring it works

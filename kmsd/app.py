@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,11 +12,15 @@ from aiohttp import web
 
 from kmsd import writes
 from kmsd.aws.sm import secrets_writer
+from kmsd.clock import Clock, SystemClock
 from kmsd.config import Settings
 from kmsd.db.migrate import migrate
 from kmsd.http import auth, middleware
 from kmsd.http.routes import setup_routes
-from kmsd.keys import HTTP, METRICS, POOL, SETTINGS, SM
+from kmsd.hub.adoption import AdoptionBuffer
+from kmsd.hub.hub import Hub, cancel_quietly
+from kmsd.hub.listener import Waker
+from kmsd.keys import ADOPTION, CLOCK, HTTP, HUB, METRICS, POOL, SETTINGS, SM, WAKER
 from kmsd.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -61,12 +64,35 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(loop(), name="kmsd-reconciler")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_quietly(task)
 
 
-def create_app(settings: Settings, *, reconcile: bool = True) -> web.Application:
+async def _hub(app: web.Application) -> AsyncIterator[None]:
+    settings, pool, metrics = app[SETTINGS], app[POOL], app[METRICS]
+    hub = Hub(pool, app[CLOCK], metrics)
+    waker = Waker(settings.database_url, pool, hub, app[CLOCK], metrics)
+    await waker.start()
+    adoption = AdoptionBuffer(pool, settings.replica_id, metrics)
+    app[HUB], app[WAKER], app[ADOPTION] = hub, waker, adoption
+    tasks = [
+        asyncio.create_task(waker.run(), name="kmsd-waker"),
+        asyncio.create_task(hub.run_sweeper(), name="kmsd-hub-sweeper"),
+        asyncio.create_task(adoption.run(settings.adoption_flush_s), name="kmsd-adoption"),
+    ]
+    yield
+    for task in tasks:
+        await cancel_quietly(task)
+
+
+async def _answer_held_polls(app: web.Application) -> None:
+    """On shutdown, answer held polls at once (503 + Retry-After) instead of dropping them."""
+    if HUB in app:
+        app[HUB].close()
+
+
+def create_app(
+    settings: Settings, *, reconcile: bool = True, clock: Clock | None = None
+) -> web.Application:
     """Build the kmsd application for ``settings``."""
     app = web.Application(
         client_max_size=CLIENT_MAX_SIZE,
@@ -76,8 +102,11 @@ def create_app(settings: Settings, *, reconcile: bool = True) -> web.Application
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[CLOCK] = clock or SystemClock()
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_aws)
+    app.cleanup_ctx.append(_hub)
+    app.on_shutdown.append(_answer_held_polls)
     if reconcile:
         app.cleanup_ctx.append(_reconciler)
     setup_routes(app)

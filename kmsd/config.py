@@ -7,6 +7,7 @@ botocore still reads the ambient AWS credentials itself, as it must.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -18,6 +19,11 @@ DEFAULT_PORT = 8700
 DEFAULT_TOKEN_TTL_S = 3600
 # SM's own floor is 7 days; a deleted secret stays recoverable for a week by default.
 DEFAULT_RECOVERY_WINDOW_DAYS = 7
+# Long polls: 90 s stays under common LB idle timeouts once raised from nginx's 60 s default;
+# 180 s is the ceiling a client may ask for. Both must stay below the LB's read timeout.
+DEFAULT_WATCH_HOLD_S = 90
+MAX_WATCH_HOLD_S = 180
+DEFAULT_ADOPTION_FLUSH_S = 1.0
 # Signed sign-in requests older (or newer) than this are refused, as Vault does.
 DEFAULT_LOGIN_MAX_SKEW_S = 15 * 60
 
@@ -40,6 +46,10 @@ class Settings:
     sm_recovery_window_days: int = DEFAULT_RECOVERY_WINDOW_DAYS
     log_format: str = "json"
     db_pool_max: int = 10
+    watch_default_hold_s: int = DEFAULT_WATCH_HOLD_S
+    watch_max_hold_s: int = MAX_WATCH_HOLD_S
+    adoption_flush_s: float = DEFAULT_ADOPTION_FLUSH_S
+    replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -79,7 +89,17 @@ class Settings:
             ),
             log_format=env.get("KMSD_LOG_FORMAT", "json"),
             db_pool_max=_int(env.get("KMSD_DB_POOL_MAX", "10"), "KMSD_DB_POOL_MAX"),
+            watch_default_hold_s=_int(
+                env.get("KMSD_WATCH_DEFAULT_HOLD", str(DEFAULT_WATCH_HOLD_S)),
+                "KMSD_WATCH_DEFAULT_HOLD",
+            ),
+            watch_max_hold_s=_int(
+                env.get("KMSD_WATCH_MAX_HOLD", str(MAX_WATCH_HOLD_S)), "KMSD_WATCH_MAX_HOLD"
+            ),
+            replica_id=env.get("KMSD_REPLICA_ID") or f"{socket.gethostname()}:{os.getpid()}",
         )
+        if settings.watch_default_hold_s > settings.watch_max_hold_s:
+            raise ConfigError("KMSD_WATCH_DEFAULT_HOLD must not exceed KMSD_WATCH_MAX_HOLD")
         if not 7 <= settings.sm_recovery_window_days <= 30:
             raise ConfigError("KMSD_SM_RECOVERY_WINDOW_DAYS must be between 7 and 30 (SM's range)")
         if settings.log_format not in ("json", "console"):

@@ -21,6 +21,8 @@ class KmsError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        # Response headers that go with the problem (e.g. Retry-After).
+        self.headers: dict[str, str] = {}
 
     def problem(self) -> dict[str, Any]:
         """Return the RFC 9457 problem document for this error."""
@@ -99,6 +101,26 @@ class Unavailable(KmsError):
     code = "unavailable"
     title = "Service unavailable"
     http_status = 503
+
+
+class ShuttingDown(Unavailable):
+    """This replica is stopping; the client should retry after ``Retry-After`` seconds."""
+
+    code = "shutting-down"
+    title = "Replica shutting down"
+
+    def __init__(
+        self,
+        detail: str = "this kmsd replica is restarting; retry (any replica) after Retry-After",
+        *,
+        retry_after: int | None = None,
+        **extra: Any,
+    ) -> None:
+        if retry_after is None:
+            super().__init__(detail, **extra)
+        else:
+            super().__init__(detail, retry_after=retry_after, **extra)
+            self.headers = {"Retry-After": str(retry_after)}
 
 
 class ConfigError(Exception):

@@ -7,7 +7,11 @@ import asyncpg
 from aiohttp import web
 
 from kmsd.aws.sm import SecretsWriter
+from kmsd.clock import Clock
 from kmsd.config import Settings
+from kmsd.hub.adoption import AdoptionBuffer
+from kmsd.hub.hub import Hub
+from kmsd.hub.listener import Waker
 from kmsd.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -15,3 +19,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 SM = web.AppKey("sm", SecretsWriter)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
+CLOCK = web.AppKey("clock", Clock)
+HUB = web.AppKey("hub", Hub)
+WAKER = web.AppKey("waker", Waker)
+ADOPTION = web.AppKey("adoption", AdoptionBuffer)

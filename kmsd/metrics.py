@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Wake and lag buckets in seconds: the targets are single-digit milliseconds.
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -24,6 +27,38 @@ class Metrics:
             "kmsd_logins_total",
             "Sign-in attempts by outcome",
             ["outcome"],
+            registry=self.registry,
+        )
+
+        self.held_polls = Gauge(
+            "kmsd_watch_held_polls", "Long polls currently held", registry=self.registry
+        )
+        self.wakes = Counter(
+            "kmsd_watch_wakes_total",
+            "Held polls answered because their path changed",
+            registry=self.registry,
+        )
+        self.wake_seconds = Histogram(
+            "kmsd_watch_wake_seconds",
+            "Time to reload changed paths and answer their waiters, per change batch",
+            buckets=FAST_BUCKETS,
+            registry=self.registry,
+        )
+        self.notify_lag = Histogram(
+            "kmsd_watch_notify_lag_seconds",
+            "Commit of a change to its processing by this replica",
+            buckets=FAST_BUCKETS,
+            registry=self.registry,
+        )
+        self.listen_reconnects = Counter(
+            "kmsd_listen_reconnects_total",
+            "LISTEN connection re-established",
+            registry=self.registry,
+        )
+        self.adoption_flush_size = Histogram(
+            "kmsd_adoption_flush_size",
+            "Adoption reports written per flush",
+            buckets=(1, 10, 100, 1000, 10000, 100000),
             registry=self.registry,
         )
 

@@ -32,6 +32,7 @@ import structlog
 
 from kmsd.aws.sm import SecretsWriter
 from kmsd.db import Conn, store
+from kmsd.db.changes import record_change
 from kmsd.domain.names import NodePath
 from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
 
@@ -193,6 +194,7 @@ async def _record(
     await conn.execute(_DEMOTE_CURRENT, secret_id)
     await conn.execute(_INSERT_VERSION, secret_id, version_id, intent["created_by"])
     await conn.execute(store.BUMP_NODE, node["id"])
+    await record_change(conn, intent["path"])
     return True
 
 
@@ -206,6 +208,7 @@ async def delete_secret(pool: asyncpg.Pool, sm: SecretsWriter, path: NodePath, n
         await conn.execute(store.DELETE_SECRET, secret["id"])
         await conn.execute(store.INSERT_OUTBOX, "delete", secret["sm_name"], None, "{}")
         await conn.execute(store.BUMP_NODE, node["id"])
+        await record_change(conn, str(path))
     await drain_deletions(pool, sm)
 
 
@@ -215,6 +218,7 @@ async def delete_node(
     """Delete a node (recursively on request) and schedule its secrets' SM deletion."""
     async with pool.acquire() as conn, conn.transaction():
         sm_names = await store.delete_node(conn, path, recursive=recursive)
+        await record_change(conn, str(path))
     if sm_names:
         await drain_deletions(pool, sm)
     return sm_names

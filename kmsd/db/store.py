@@ -167,14 +167,30 @@ async def load_chain(conn: Conn, path: NodePath) -> tuple[int, list[NodeSecrets]
             f"{str(path)!r} is a namespace; effective sets start at an application "
             "(namespace/application[/child...])"
         )
-    wanted = [str(p) for p in path.ancestors_from_application()]
-    rows = await conn.fetch(GET_NODES, wanted)
-    by_path = {r["path"]: r for r in rows}
-    if str(path) not in by_path or len(by_path) != len(wanted):
+    found = (await load_chains(conn, [path]))[str(path)]
+    if found is None:
         raise NotFound(f"node {str(path)!r} does not exist")
-    nodes = [by_path[p] for p in wanted]
-    version = max(n["changed_seq"] for n in nodes)
-    return version, await load_secrets(conn, nodes)
+    return found
+
+
+async def load_chains(
+    conn: Conn, paths: Sequence[NodePath]
+) -> dict[str, tuple[int, list[NodeSecrets]] | None]:
+    """Load many chains in two queries; a path that does not exist maps to None."""
+    wanted = {str(p): [str(a) for a in p.ancestors_from_application()] for p in paths}
+    everything = sorted({a for chain in wanted.values() for a in chain})
+    rows = await conn.fetch(GET_NODES, everything)
+    by_path = {r["path"]: r for r in rows}
+    secrets = await load_secrets(conn, rows)
+    secrets_by_path = {ns.path: ns for ns in secrets}
+    out: dict[str, tuple[int, list[NodeSecrets]] | None] = {}
+    for path, chain in wanted.items():
+        if not chain or any(a not in by_path for a in chain):
+            out[path] = None
+            continue
+        version = max(by_path[a]["changed_seq"] for a in chain)
+        out[path] = (version, [secrets_by_path[a] for a in chain])
+    return out
 
 
 async def get_secret(conn: Conn, node_id: int, name: str) -> asyncpg.Record | None:

@@ -32,7 +32,10 @@ def problem_response(err: KmsError, request_id: str) -> web.Response:
     body = err.problem()
     body["request_id"] = request_id
     return web.Response(
-        body=orjson.dumps(body), status=err.http_status, content_type="application/problem+json"
+        body=orjson.dumps(body),
+        status=err.http_status,
+        content_type="application/problem+json",
+        headers=err.headers or None,
     )
 
 

@@ -17,6 +17,7 @@ from kmsd.domain.tree import KINDS, effective_document
 from kmsd.errors import InvalidInput, NotFound, PayloadTooLarge
 from kmsd.http.auth import login, require_admin, whoami
 from kmsd.http.common import flag, json_body, json_response, principal
+from kmsd.http.watch import adoption, watch
 from kmsd.keys import METRICS, POOL, SETTINGS, SM
 
 # Secrets Manager refuses SecretString/SecretBinary over 65,536 bytes.
@@ -227,5 +228,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/secrets/{ref:.+}", get_secret)
     app.router.add_delete("/v1/secrets/{ref:.+}", delete_secret)
     app.router.add_get("/v1/effective/{path:.+}", effective)
+    app.router.add_post("/v1/watch", watch)
+    app.router.add_get("/v1/adoption/{path:.+}", adoption)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -18,7 +21,33 @@ from kmsd.aws.login import sign_login
 from kmsd.config import Settings
 from tests.conftest import REGION, SERVER_ID, Identity
 
-TABLES = ("sessions", "sm_outbox", "secret_versions", "secrets", "nodes")
+
+class FakeClock:
+    """A clock the test moves by hand (no waiting for timeouts)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._base_mono = time.monotonic()
+        self._base_wall = datetime.now(UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def monotonic(self) -> float:
+        return self._base_mono + self.offset
+
+    def now(self) -> datetime:
+        return self._base_wall + timedelta(seconds=self.offset)
+
+
+async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for ``check()`` to hold, polling the event loop, failing after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - the conditions are plain attributes, not events
+            await asyncio.sleep(0.005)
+
+
+TABLES = ("sessions", "sm_outbox", "secret_versions", "secrets", "nodes", "changes", "adoption")
 
 
 @pytest.fixture
@@ -57,8 +86,10 @@ async def make_client(
 ) -> ClientFactory:
     """Start a kmsd app (optionally with changed settings) and return its test client."""
 
-    async def make(**changes: Any) -> TestClient[web.Request, web.Application]:
-        app = create_app(dataclasses.replace(settings, **changes), reconcile=False)
+    async def make(
+        clock: FakeClock | None = None, **changes: Any
+    ) -> TestClient[web.Request, web.Application]:
+        app = create_app(dataclasses.replace(settings, **changes), reconcile=False, clock=clock)
         client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
         return client
 

@@ -30,6 +30,7 @@ EXPECTED_STATUS = {
     "UnsupportedMediaType": 415,
     "UpstreamError": 502,
     "Unavailable": 503,
+    "ShuttingDown": 503,
 }
 
 

@@ -1,0 +1,71 @@
+"""Validation of ``POST /v1/watch`` bodies and timeouts (pure)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kmsd.domain.names import NodePath, check_segment
+from kmsd.errors import InvalidInput
+
+_INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+MAX_PROCESS_IDS = 1024
+MAX_HELD = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequest:
+    path: NodePath
+    path_version: int
+    instance_id: str
+    app_process_ids: tuple[str, ...]
+    held: dict[str, str]
+
+
+def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
+    """Validate a watch body; every refusal names the field."""
+    raw_path = doc.get("path")
+    if not isinstance(raw_path, str):
+        raise InvalidInput("'path' must be a string: namespace/application[/child...]")
+    path = NodePath.parse(raw_path)
+    if path.is_namespace:
+        raise InvalidInput("'path' names a namespace; watch an application or a node below it")
+    version = doc.get("path_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**63:
+        raise InvalidInput("'path_version' must be a non-negative integer (0 if you hold none)")
+    instance = doc.get("instance_id")
+    if not isinstance(instance, str) or not _INSTANCE_RE.fullmatch(instance):
+        raise InvalidInput(
+            "'instance_id' must be 1-128 characters of letters, digits and . _ : @ / -"
+        )
+    pids = doc.get("app_process_ids", [])
+    if not isinstance(pids, list) or len(pids) > MAX_PROCESS_IDS:
+        raise InvalidInput(f"'app_process_ids' must be a list of at most {MAX_PROCESS_IDS} ids")
+    clean_pids: list[str] = []
+    for pid in pids:
+        if isinstance(pid, bool) or not isinstance(pid, str | int) or len(str(pid)) > 64:
+            raise InvalidInput("each app process id must be a string or integer (<= 64 chars)")
+        clean_pids.append(str(pid))
+    held = doc.get("held", {})
+    if not isinstance(held, dict) or len(held) > MAX_HELD:
+        raise InvalidInput(f"'held' must be an object of at most {MAX_HELD} name: version_id")
+    for name, version_id in held.items():
+        check_segment(name, "secret name in 'held'")
+        if not isinstance(version_id, str) or not 0 < len(version_id) <= 128:
+            raise InvalidInput("each 'held' version id must be a non-empty string")
+    return WatchRequest(path, version, instance, tuple(clean_pids), dict(held))
+
+
+def parse_timeout(raw: str | None, *, default: float, maximum: float) -> float:
+    """``?timeout=`` in seconds: absent means ``default``, above ``maximum`` is clamped."""
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput("timeout must be a number of seconds") from None
+    if not value >= 0:  # also refuses NaN
+        raise InvalidInput("timeout must be zero (short poll) or a positive number of seconds")
+    return min(value, maximum)

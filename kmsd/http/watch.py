@@ -1,0 +1,87 @@
+"""``POST /v1/watch`` (long poll) and ``GET /v1/adoption/{path}``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import orjson
+from aiohttp import web
+
+from kmsd.domain.adoption import InstanceReport, summarise
+from kmsd.domain.names import NodePath
+from kmsd.domain.watch import parse_timeout, parse_watch
+from kmsd.errors import NotFound
+from kmsd.http.common import json_body, json_response, principal
+from kmsd.hub.adoption import ROWS_OF_PATH, Report
+from kmsd.hub.hub import TIMEOUT, Snapshot
+from kmsd.keys import ADOPTION, CLOCK, HUB, POOL, SETTINGS
+
+# Instances silent for this many maximum holds are reported stale: a live agent renews its poll
+# at least once per hold, so three missed renewals mean it is gone (or cut off).
+STALE_AFTER_HOLDS = 3
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    settings = request.app[SETTINGS]
+    hold = parse_timeout(
+        request.query.get("timeout"),
+        default=settings.watch_default_hold_s,
+        maximum=settings.watch_max_hold_s,
+    )
+    req = parse_watch(await json_body(request))
+    hub = request.app[HUB]
+    if await hub.snapshot(req.path) is None:
+        raise NotFound(f"node {str(req.path)!r} does not exist")
+    request.app[ADOPTION].report(
+        Report(
+            path=str(req.path),
+            instance_id=req.instance_id,
+            principal=who.arn,
+            ip=request.remote or "",
+            app_process_ids=req.app_process_ids,
+            held=req.held,
+            path_version=req.path_version,
+            seen_at=request.app[CLOCK].now(),
+        )
+    )
+    outcome = await hub.watch(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)
+    if outcome is TIMEOUT:
+        return web.Response(status=304)
+    if not isinstance(outcome, Snapshot):
+        raise NotFound(f"node {str(req.path)!r} was deleted")
+    return web.Response(body=outcome.body, content_type="application/json")
+
+
+async def adoption(request: web.Request) -> web.Response:
+    principal(request)
+    path = NodePath.parse(request.match_info["path"])
+    hub = request.app[HUB]
+    snap = await hub.snapshot(path)
+    if snap is None:
+        raise NotFound(f"node {str(path)!r} does not exist")
+    await request.app[ADOPTION].flush()  # this replica's latest reports, then everyone's
+    rows = await request.app[POOL].fetch(ROWS_OF_PATH, str(path))
+    reports = [
+        InstanceReport(
+            instance_id=r["instance_id"],
+            principal=r["principal"],
+            ip=r["ip"],
+            app_process_ids=tuple(r["app_process_ids"]),
+            held=orjson.loads(r["held"]),
+            path_version=r["path_version"],
+            replica=r["replica"],
+            last_seen=r["last_seen"],
+        )
+        for r in rows
+    ]
+    settings = request.app[SETTINGS]
+    return json_response(
+        summarise(
+            str(path),
+            reports,
+            orjson.loads(snap.body)["secrets"],
+            now=request.app[CLOCK].now(),
+            stale_after=timedelta(seconds=STALE_AFTER_HOLDS * settings.watch_max_hold_s),
+        )
+    )

@@ -1,0 +1,108 @@
+"""Adoption reports: the latest per (path, instance) in memory, flushed to PostgreSQL in batches.
+
+Every poll reports what its instance holds. Writing each report would turn the poll rate into
+a write rate; instead the buffer keeps only the latest report per (path, instance) and one
+statement per flush interval upserts them all (``unnest`` over arrays), whatever the poll rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import asyncpg
+import orjson
+import structlog
+
+from kmsd.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+FLUSH = """
+INSERT INTO adoption (path, instance_id, principal, ip, app_process_ids, held, path_version,
+                      replica, last_seen)
+SELECT r.path, r.instance_id, r.principal, r.ip,
+       ARRAY(SELECT jsonb_array_elements_text(r.pids)), r.held, r.path_version, $9, r.last_seen
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+            $7::bigint[], $8::timestamptz[])
+     AS r(path, instance_id, principal, ip, pids, held, path_version, last_seen)
+ON CONFLICT (path, instance_id) DO UPDATE
+SET principal = EXCLUDED.principal, ip = EXCLUDED.ip,
+    app_process_ids = EXCLUDED.app_process_ids, held = EXCLUDED.held,
+    path_version = EXCLUDED.path_version, replica = EXCLUDED.replica,
+    last_seen = EXCLUDED.last_seen
+WHERE adoption.last_seen <= EXCLUDED.last_seen
+"""
+ROWS_OF_PATH = """
+SELECT instance_id, principal, ip, app_process_ids, held::text AS held, path_version, replica,
+       last_seen
+FROM adoption WHERE path = $1 ORDER BY instance_id
+"""
+# Reports older than this are forgotten entirely (stale ones are shown long before).
+FORGET_AFTER: Final = "7 days"
+PRUNE = "DELETE FROM adoption WHERE last_seen < now() - $1::interval"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    path: str
+    instance_id: str
+    principal: str
+    ip: str
+    app_process_ids: tuple[str, ...]
+    held: dict[str, str]
+    path_version: int
+    seen_at: datetime
+
+
+class AdoptionBuffer:
+    """The latest unflushed report per (path, instance)."""
+
+    def __init__(self, pool: asyncpg.Pool, replica: str, metrics: Metrics) -> None:
+        self._pool = pool
+        self._replica = replica
+        self._metrics = metrics
+        self._pending: dict[tuple[str, str], Report] = {}
+
+    def report(self, report: Report) -> None:
+        self._pending[(report.path, report.instance_id)] = report
+
+    async def flush(self) -> int:
+        """Write every pending report in one statement; return how many."""
+        if not self._pending:
+            return 0
+        batch, self._pending = list(self._pending.values()), {}
+        try:
+            await self._pool.execute(
+                FLUSH,
+                [r.path for r in batch],
+                [r.instance_id for r in batch],
+                [r.principal for r in batch],
+                [r.ip for r in batch],
+                [orjson.dumps(list(r.app_process_ids)).decode() for r in batch],
+                [orjson.dumps(r.held).decode() for r in batch],
+                [r.path_version for r in batch],
+                [r.seen_at for r in batch],
+                self._replica,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Keep what failed unless a newer report arrived meanwhile; retry next round.
+            for r in batch:
+                self._pending.setdefault((r.path, r.instance_id), r)
+            log.warning("adoption_flush_failed", error=type(exc).__name__, pending=len(batch))
+            return 0
+        self._metrics.adoption_flush_size.observe(len(batch))
+        return len(batch)
+
+    async def run(self, interval: float) -> None:
+        """Flush every ``interval`` seconds until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self.flush()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.flush())

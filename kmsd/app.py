@@ -15,12 +15,13 @@ from kmsd.aws.sm import secrets_writer
 from kmsd.clock import Clock, SystemClock
 from kmsd.config import Settings
 from kmsd.db.migrate import migrate
+from kmsd.db.sessions import SessionCache
 from kmsd.http import auth, middleware
 from kmsd.http.routes import setup_routes
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub, cancel_quietly
 from kmsd.hub.listener import Waker
-from kmsd.keys import ADOPTION, CLOCK, HTTP, HUB, METRICS, POOL, SETTINGS, SM, WAKER
+from kmsd.keys import ADOPTION, CLOCK, HTTP, HUB, METRICS, POOL, SESSIONS, SETTINGS, SM, WAKER
 from kmsd.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -103,6 +104,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CLOCK] = clock or SystemClock()
+    app[SESSIONS] = SessionCache()
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_aws)
     app.cleanup_ctx.append(_hub)

@@ -10,7 +10,9 @@ import argparse
 import base64
 import json
 import os
+import random
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -34,6 +36,8 @@ class Client:
         self.addr = addr.rstrip("/")
         self.server_id = server_id
         self._token: str | None = None
+        # Long polls are held up to 180 s by kmsd; wait a little longer than that.
+        self.timeout = TIMEOUT_S
 
     @classmethod
     def from_env(cls) -> Client:
@@ -81,9 +85,11 @@ class Client:
         if auth:
             req.add_header("Authorization", f"Bearer {self._token}")
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
+            if err.code == 304:
+                return None
             raise CliError(_problem_text(err)) from None
         except urllib.error.URLError as err:
             raise CliError(f"cannot reach kmsd at {self.addr}: {err.reason}") from None
@@ -214,18 +220,93 @@ def cmd_effective(c: Client, args: argparse.Namespace) -> None:
     _emit(args, doc, text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kmsctl", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_adoption(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", f"/v1/adoption/{_q(args.path)}")
 
-    def read_verb(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--output", choices=("text", "json"), default="text")
-        return p
+    def text(d: dict[str, Any]) -> None:
+        n = d["counts"]
+        print(
+            f"{d['path']}: {n['instances']} instance(s), {n['live']} live, {n['stale']} stale "
+            f"(stale = not seen for {d['stale_after_s']} s)"
+        )
+        rows = [
+            (
+                s["name"],
+                v["version_id"],
+                v["stage"] or "-",
+                str(v["live"]),
+                str(v["stale"]),
+                ", ".join(v["instances"]),
+            )
+            for s in d["secrets"]
+            for v in s["versions"]
+        ]
+        _print_table(rows, ("SECRET", "VERSION", "STAGE", "LIVE", "STALE", "INSTANCES"))
+        if d["instances"]:
+            print()
+            _print_table(
+                [
+                    (
+                        i["instance_id"],
+                        i["ip"],
+                        str(i["path_version"]),
+                        i["last_seen"],
+                        "stale" if i["stale"] else "live",
+                        ",".join(i["app_process_ids"]),
+                    )
+                    for i in d["instances"]
+                ],
+                ("INSTANCE", "IP", "PATH_VERSION", "LAST SEEN", "STATE", "PROCESSES"),
+            )
 
-    read_verb(sub.add_parser("login", help="sign in and show who you are")).set_defaults(
-        func=cmd_login
-    )
+    _emit(args, doc, text)
 
+
+def cmd_watch(c: Client, args: argparse.Namespace) -> None:
+    """Long-poll a path and print each new version, retrying with jittered backoff."""
+    c.timeout = args.timeout + 30
+    version = args.version
+    instance = args.instance_id or f"kmsctl-{os.getpid()}"
+    delay = 0.5
+    while True:
+        body = {"path": args.path, "path_version": version, "instance_id": instance}
+        try:
+            doc = c.call("POST", f"/v1/watch?timeout={args.timeout}", body)
+        except CliError as exc:
+            if "(503)" not in str(exc) and "cannot reach" not in str(exc):
+                raise
+            pause = random.uniform(0, delay)  # noqa: S311 - backoff jitter
+            print(f"kmsctl: {exc}; retrying in {pause:.1f} s", file=sys.stderr)
+            time.sleep(pause)
+            delay = min(delay * 2, 30.0)
+            continue
+        delay = 0.5
+        if doc is None:  # 304: the hold ran out with nothing new
+            continue
+        version = doc["path_version"]
+        _emit(
+            args,
+            doc,
+            lambda d: print(
+                f"{d['path']} path_version={d['path_version']} "
+                f"hash={d['hash'][:16]} secrets={len(d['secrets'])}"
+            ),
+        )
+        sys.stdout.flush()
+        if args.once:
+            return
+
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def read_verb(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give a read verb its ``--output text|json``."""
+    p.add_argument("--output", choices=("text", "json"), default="text")
+    return p
+
+
+def _add_node_verbs(sub: Subparsers) -> None:
     node = sub.add_parser("node", help="namespaces, applications and child nodes")
     nsub = node.add_subparsers(dest="verb", required=True)
     p = nsub.add_parser("create", help="create a node")
@@ -241,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="also delete its children and secrets")
     p.set_defaults(func=cmd_node_delete)
 
+
+def _add_secret_verbs(sub: Subparsers) -> None:
     secret = sub.add_parser("secret", help="secrets and their versions")
     ssub = secret.add_subparsers(dest="verb", required=True)
     p = ssub.add_parser("put", help="create a secret or add a version (value goes to SM only)")
@@ -264,9 +347,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_secret_delete)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kmsctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    read_verb(sub.add_parser("login", help="sign in and show who you are")).set_defaults(
+        func=cmd_login
+    )
+    _add_node_verbs(sub)
+    _add_secret_verbs(sub)
+
     p = read_verb(sub.add_parser("effective", help="show a path's effective set"))
     p.add_argument("path")
     p.set_defaults(func=cmd_effective)
+
+    p = read_verb(sub.add_parser("adoption", help="which instances hold which versions"))
+    p.add_argument("path")
+    p.set_defaults(func=cmd_adoption)
+
+    p = read_verb(sub.add_parser("watch", help="long-poll a path and print each change"))
+    p.add_argument("path")
+    p.add_argument("--version", type=int, default=0, help="path_version you hold (0: none)")
+    p.add_argument("--timeout", type=int, default=90, help="hold time asked of kmsd (s)")
+    p.add_argument("--instance-id", help="reported in adoption (default kmsctl-PID)")
+    p.add_argument("--once", action="store_true", help="exit after the first change")
+    p.set_defaults(func=cmd_watch)
     return parser
 
 

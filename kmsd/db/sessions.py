@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections import OrderedDict
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -15,7 +16,8 @@ INSERT INTO sessions (token_hash, principal, caller_arn, source_ip, expires_at)
 VALUES ($1, $2, $3, $4, $5)
 """
 LOOKUP_SESSION = """
-SELECT principal, caller_arn FROM sessions WHERE token_hash = $1 AND expires_at > now()
+SELECT principal, caller_arn, expires_at FROM sessions
+WHERE token_hash = $1 AND expires_at > now()
 """
 PURGE_EXPIRED = "DELETE FROM sessions WHERE expires_at < now() - interval '1 day'"
 
@@ -36,8 +38,45 @@ async def create_session(
     return token, expires
 
 
-async def lookup(pool: asyncpg.Pool, token: str) -> Principal | None:
-    row = await pool.fetchrow(LOOKUP_SESSION, token_hash(token))
+class SessionCache:
+    """Tokens verified recently, so that 10,000 agents re-polling after a wake do not become
+    10,000 session queries. An entry lives ``ttl`` seconds at most and never past the session's
+    own expiry; sessions are not revocable yet, so the TTL only bounds memory and staleness.
+    """
+
+    def __init__(self, ttl: float = 30.0, max_entries: int = 100_000) -> None:
+        self._ttl = timedelta(seconds=ttl)
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, tuple[Principal, datetime]] = OrderedDict()
+
+    def get(self, key: bytes, now: datetime) -> Principal | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        who, valid_until = entry
+        if now >= valid_until:
+            del self._entries[key]
+            return None
+        return who
+
+    def put(self, key: bytes, who: Principal, expires_at: datetime, now: datetime) -> None:
+        self._entries[key] = (who, min(expires_at, now + self._ttl))
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+
+async def lookup(
+    pool: asyncpg.Pool, token: str, cache: SessionCache, now: datetime
+) -> Principal | None:
+    """Resolve a bearer token to its principal (cache first, then PostgreSQL)."""
+    key = token_hash(token)
+    who = cache.get(key, now)
+    if who is not None:
+        return who
+    row = await pool.fetchrow(LOOKUP_SESSION, key)
     if row is None:
         return None
-    return Principal(row["principal"], row["caller_arn"], row["principal"].split(":")[4])
+    who = Principal(row["principal"], row["caller_arn"], row["principal"].split(":")[4])
+    cache.put(key, who, row["expires_at"], now)
+    return who

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import structlog
 from aiohttp import web
@@ -14,7 +14,7 @@ from kmsd.domain.access import is_admin
 from kmsd.domain.signin import LoginRequest, check_login, principal_from_arn
 from kmsd.errors import Forbidden, KmsError, Unauthenticated
 from kmsd.http.common import PRINCIPAL, json_body, json_response, principal
-from kmsd.keys import HTTP, METRICS, POOL, SETTINGS
+from kmsd.keys import CLOCK, HTTP, METRICS, POOL, SESSIONS, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +27,7 @@ async def login(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:
         req = LoginRequest.from_json(await json_body(request))
-        now = datetime.now(UTC)
+        now = request.app[CLOCK].now()
         check_login(
             req,
             sts_endpoint=settings.sts_endpoint,
@@ -76,7 +76,9 @@ async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("send Authorization: Bearer TOKEN from POST /v1/auth/aws/login")
-    who = await sessions.lookup(request.app[POOL], token.strip())
+    who = await sessions.lookup(
+        request.app[POOL], token.strip(), request.app[SESSIONS], request.app[CLOCK].now()
+    )
     if who is None:
         raise Unauthenticated("the bearer token is unknown or expired; sign in again")
     request[PRINCIPAL] = who

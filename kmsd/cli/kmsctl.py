@@ -266,6 +266,9 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> None:
     """Long-poll a path and print each new version, retrying with jittered backoff."""
     c.timeout = args.timeout + 30
     version = args.version
+    if version is None:
+        version = c.call("GET", f"/v1/effective/{_q(args.path)}")["path_version"]
+    print(f"watching {args.path} from path_version={version}", file=sys.stderr, flush=True)
     instance = args.instance_id or f"kmsctl-{os.getpid()}"
     delay = 0.5
     while True:
@@ -367,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = read_verb(sub.add_parser("watch", help="long-poll a path and print each change"))
     p.add_argument("path")
-    p.add_argument("--version", type=int, default=0, help="path_version you hold (0: none)")
+    p.add_argument("--version", type=int, help="path_version you hold (default: the current one)")
     p.add_argument("--timeout", type=int, default=90, help="hold time asked of kmsd (s)")
     p.add_argument("--instance-id", help="reported in adoption (default kmsctl-PID)")
     p.add_argument("--once", action="store_true", help="exit after the first change")

@@ -118,8 +118,10 @@ class Hub:
             entry.used_at = self._clock.monotonic()
             return entry.snapshot
         async with self._pool.acquire() as conn:
-            loaded = await self._load(conn, [key])
-        return self._store(key, loaded[key])
+            loaded = (await self._load(conn, [key]))[key]
+        if loaded is None:
+            return None  # not cached: unknown paths must not grow the cache
+        return self._store(key, loaded)
 
     async def watch(self, path: NodePath, version: int, hold: float) -> Outcome:
         """Wait up to ``hold`` seconds for ``path`` to move past ``version``."""
@@ -217,24 +219,37 @@ class Hub:
     # -- time --------------------------------------------------------------------------------
 
     def expire_due(self) -> int:
-        """Answer polls whose hold ran out and drop idle cache entries; return polls expired."""
-        now = self._clock.monotonic()
-        expired = self._index.expire(now)
+        """Answer polls whose hold ran out; return how many."""
+        expired = self._index.expire(self._clock.monotonic())
         for waiter in expired:
             if not waiter.handle.done():
                 waiter.handle.set_result(TIMEOUT)
-        watched = self._index.watched_paths()
-        for path, entry in list(self._cache.items()):
-            if now - entry.used_at > CACHE_IDLE_S and path not in watched:
-                del self._cache[path]
-                self._cached.discard(path)
         return len(expired)
 
+    def evict_idle(self) -> int:
+        """Drop cached snapshots of paths nobody watched for CACHE_IDLE_S; return how many."""
+        now = self._clock.monotonic()
+        watched = self._index.watched_paths()
+        idle = [
+            path
+            for path, entry in self._cache.items()
+            if now - entry.used_at > CACHE_IDLE_S and path not in watched
+        ]
+        for path in idle:
+            del self._cache[path]
+            self._cached.discard(path)
+        return len(idle)
+
     async def run_sweeper(self) -> None:
-        """The one task that times out held polls."""
+        """The one task that times out held polls (and now and then trims the cache)."""
+        rounds_per_eviction = int(CACHE_IDLE_S / 10 / SWEEP_INTERVAL_S)
+        rounds = 0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.expire_due()
+            rounds += 1
+            if rounds % rounds_per_eviction == 0:
+                self.evict_idle()
 
     # -- shutdown ----------------------------------------------------------------------------
 

@@ -252,3 +252,20 @@ async def test_shutdown_answers_held_polls_with_retry_after(api: Api, client: Ap
     # New polls are refused the same way.
     status, _ = await poll(api, "prod/pay/eu", version)
     assert status == 503
+
+
+async def test_snapshot_cache_is_bounded(
+    make_client: ClientFactory, admin: Identity, moto_endpoint: str
+) -> None:
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    api = await sign_in(client, admin, moto_endpoint)
+    version = await _tree(api)
+    hub = client.app[HUB]
+    for missing in range(5):  # unknown paths are answered 404 and leave nothing cached
+        assert (await poll(api, f"prod/pay/nowhere-{missing}", 0))[0] == 404
+    assert (await poll(api, "prod/pay/eu", version, hold=0))[0] == 304
+    clock.advance(599)
+    assert hub.evict_idle() == 0
+    clock.advance(2)
+    assert hub.evict_idle() == 1  # only prod/pay/eu was ever cached

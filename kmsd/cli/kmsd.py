@@ -25,7 +25,11 @@ async def serve_until_signalled(
     settings: Settings, on_ready: Callable[[], Awaitable[None] | None] | None = None
 ) -> None:
     """Run the app until SIGINT or SIGTERM, then shut down cleanly."""
-    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+    # handler_cancellation: a client that hangs up mid-poll cancels its handler, which removes
+    # its waiter at once instead of leaving it held until its deadline.
+    runner = web.AppRunner(
+        create_app(settings), access_log=None, handle_signals=False, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
     await site.start()

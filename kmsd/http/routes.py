@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from datetime import UTC, datetime
@@ -52,8 +53,10 @@ async def get_node(request: web.Request) -> web.Response:
 async def delete_node(request: web.Request) -> web.Response:
     require_admin(request)
     path = NodePath.parse(request.match_info["path"])
-    sm_names = await writes.delete_node(
-        request.app[POOL], request.app[SM], path, recursive=flag(request, "recursive")
+    sm_names = await asyncio.shield(
+        writes.delete_node(
+            request.app[POOL], request.app[SM], path, recursive=flag(request, "recursive")
+        )
     )
     return json_response({"path": str(path), "deleted": True, "secrets_deleted": len(sm_names)})
 
@@ -73,20 +76,23 @@ async def put_secret(request: web.Request) -> web.Response:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")
     value = _value_of(kind, doc)
     settings = request.app[SETTINGS]
-    result = await writes.put_secret(
-        request.app[POOL],
-        request.app[SM],
-        settings.sm_prefix,
-        writes.PutRequest(
-            path=path,
-            name=name,
-            kind=kind,
-            value=value,
-            created_by=principal(request).arn,
-            description=_description(doc),
-            tags=_tags(doc),
-            expires_at=_expires_at(doc),
-        ),
+    # Shielded: a client hanging up must not cut a write between SM and PostgreSQL.
+    result = await asyncio.shield(
+        writes.put_secret(
+            request.app[POOL],
+            request.app[SM],
+            settings.sm_prefix,
+            writes.PutRequest(
+                path=path,
+                name=name,
+                kind=kind,
+                value=value,
+                created_by=principal(request).arn,
+                description=_description(doc),
+                tags=_tags(doc),
+                expires_at=_expires_at(doc),
+            ),
+        )
     )
     return json_response(result, status=201 if result["created"] else 200)
 
@@ -120,7 +126,7 @@ async def get_secret(request: web.Request) -> web.Response:
 async def delete_secret(request: web.Request) -> web.Response:
     require_admin(request)
     path, name = _split_secret(request.match_info["ref"])
-    await writes.delete_secret(request.app[POOL], request.app[SM], path, name)
+    await asyncio.shield(writes.delete_secret(request.app[POOL], request.app[SM], path, name))
     return json_response({"path": str(path), "name": name, "deleted": True})
 
 

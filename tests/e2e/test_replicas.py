@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -222,3 +223,22 @@ def test_sigterm_answers_held_polls_and_exits(
     assert 1 <= int(retry_after) <= 5
     assert problem["type"].endswith("/shutting-down")
     assert "Traceback" not in stderr
+
+
+def test_a_client_that_hangs_up_leaves_no_held_poll(
+    replicas: tuple[Replica, Replica], admin: Identity, moto_endpoint: str
+) -> None:
+    a, _ = replicas
+    token = login(a.addr, admin, moto_endpoint)
+    run_kmsctl(a.addr, admin, moto_endpoint, "node", "create", "prod/pay", "--parents")
+    version = call(a.addr, "GET", "/v1/effective/prod/pay", token=token)[2]["path_version"]
+    body = json.dumps({"path": "prod/pay", "path_version": version, "instance_id": "i-1"})
+    request = (
+        f"POST /v1/watch?timeout=120 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", a.port), timeout=DEADLINE_S) as sock:
+        sock.sendall(request)
+        wait_until(lambda: a.held_polls() == 1, "the poll to be held")
+    wait_until(lambda: a.held_polls() == 0, "the departed client's poll to be dropped")

@@ -141,6 +141,7 @@ class Waker:
                 delay = min(delay * 2, RECONNECT_BACKOFF_S[1])
 
     async def _process_forever(self) -> None:
+        delay = RECONNECT_BACKOFF_S[0]
         while True:
             await self._dirty.wait()
             self._dirty.clear()
@@ -149,8 +150,11 @@ class Waker:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("change_processing_failed", error=type(exc).__name__)
                 self._needs_resync = True
-                await asyncio.sleep(RECONNECT_BACKOFF_S[0])
+                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - backoff jitter
+                delay = min(delay * 2, RECONNECT_BACKOFF_S[1])
                 self._dirty.set()
+            else:
+                delay = RECONNECT_BACKOFF_S[0]
 
     async def process(self) -> int:
         """Read changes after the last handled id, refresh the hub; return rows handled."""

@@ -14,15 +14,29 @@ from kmsd import writes
 from kmsd.aws.sm import secrets_writer
 from kmsd.clock import Clock, SystemClock
 from kmsd.config import Settings
+from kmsd.db.audit import AuditWriter
 from kmsd.db.migrate import migrate
 from kmsd.db.sessions import SessionCache
-from kmsd.http import auth, middleware
+from kmsd.http import audit, auth, middleware
 from kmsd.http.routes import setup_routes
 from kmsd.hub.adoption import AdoptionBuffer
-from kmsd.hub.hub import Hub, cancel_quietly
+from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
-from kmsd.keys import ADOPTION, CLOCK, HTTP, HUB, METRICS, POOL, SESSIONS, SETTINGS, SM, WAKER
+from kmsd.keys import (
+    ADOPTION,
+    AUDIT,
+    CLOCK,
+    HTTP,
+    HUB,
+    METRICS,
+    POOL,
+    SESSIONS,
+    SETTINGS,
+    SM,
+    WAKER,
+)
 from kmsd.metrics import Metrics
+from kmsd.tasks import cancel_quietly
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +82,14 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
     await cancel_quietly(task)
 
 
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    writer = AuditWriter(app[POOL])
+    app[AUDIT] = writer
+    task = asyncio.create_task(writer.run(), name="kmsd-audit-writer")
+    yield
+    await cancel_quietly(task)
+
+
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     settings, pool, metrics = app[SETTINGS], app[POOL], app[METRICS]
     hub = Hub(pool, app[CLOCK], metrics)
@@ -97,9 +119,17 @@ def create_app(
     """Build the kmsd application for ``settings``."""
     app = web.Application(
         client_max_size=CLIENT_MAX_SIZE,
-        # Order: access_log outermost (sees the final status and duration), then errors
-        # (turns KmsError into problem+json, including auth failures), then bearer auth.
-        middlewares=[middleware.access_log, middleware.errors, auth.bearer],
+        # Order: access_log outermost (sees the final status and duration); audit (the outcome
+        # row, so it must see the status errors produced); errors (KmsError -> problem+json,
+        # auth failures included); bearer auth; then the attempt row of a change, written
+        # once the caller is known and before the handler can change anything.
+        middlewares=[
+            middleware.access_log,
+            audit.audit,
+            middleware.errors,
+            auth.bearer,
+            audit.audit_attempt,
+        ],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -107,6 +137,7 @@ def create_app(
     app[SESSIONS] = SessionCache()
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_aws)
+    app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_hub)
     app.on_shutdown.append(_answer_held_polls)
     if reconcile:

@@ -9,6 +9,7 @@ from aiohttp import web
 from kmsd.aws.sm import SecretsWriter
 from kmsd.clock import Clock
 from kmsd.config import Settings
+from kmsd.db.audit import AuditWriter
 from kmsd.db.sessions import SessionCache
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
@@ -25,3 +26,4 @@ HUB = web.AppKey("hub", Hub)
 WAKER = web.AppKey("waker", Waker)
 ADOPTION = web.AppKey("adoption", AdoptionBuffer)
 SESSIONS = web.AppKey("sessions", SessionCache)
+AUDIT = web.AppKey("audit", AuditWriter)

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from kmsd.aws.login import sign_login
 
@@ -351,6 +351,76 @@ def _add_secret_verbs(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_secret_delete)
 
 
+def cmd_audit_list(c: Client, args: argparse.Namespace) -> None:
+    params = {
+        k: v
+        for k, v in (
+            ("principal", args.principal),
+            ("path", args.path),
+            ("action", args.action),
+            ("since", args.since),
+            ("until", args.until),
+            ("outcome", args.outcome),
+            ("limit", str(args.limit)),
+        )
+        if v
+    }
+    doc = c.call("GET", "/v1/audit?" + urlencode(params))
+
+    def text(d: dict[str, Any]) -> None:
+        _print_table(
+            [
+                (
+                    str(r["seq"]),
+                    r["at"],
+                    r["principal"] if r["principal"] != "-" else f"({r['claimed'] or 'anonymous'})",
+                    r["source_ip"],
+                    r["action"],
+                    r["target"],
+                    r["outcome"],
+                    str(r["status"]),
+                )
+                for r in d["rows"]
+            ],
+            ("SEQ", "AT", "PRINCIPAL", "IP", "ACTION", "TARGET", "OUTCOME", "STATUS"),
+        )
+
+    _emit(args, doc, text)
+
+
+def cmd_audit_verify(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("POST", "/v1/audit/verify")
+
+    def text(d: dict[str, Any]) -> None:
+        if d["ok"]:
+            print(f"audit chain intact: {d['checked']} row(s) verified")
+        else:
+            print(
+                f"audit chain BROKEN at seq {d['first_broken_seq']} "
+                f"({d['checked']} row(s) before it verified)"
+            )
+
+    _emit(args, doc, text)
+    if not doc["ok"]:
+        raise CliError(f"audit row {doc['first_broken_seq']} does not match the chain")
+
+
+def _add_audit_verbs(sub: Subparsers) -> None:
+    audit = sub.add_parser("audit", help="the audit trail")
+    asub = audit.add_subparsers(dest="verb", required=True)
+    p = read_verb(asub.add_parser("list", help="recent audit rows, newest first"))
+    p.add_argument("--principal", help="exact principal ARN")
+    p.add_argument("--path", help="target path (and everything below it)")
+    p.add_argument("--action", help="e.g. secret.put, auth.login, watch")
+    p.add_argument("--outcome", choices=("allowed", "denied", "rejected", "error", "attempt"))
+    p.add_argument("--since", help="ISO 8601 time with zone")
+    p.add_argument("--until", help="ISO 8601 time with zone")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_audit_list)
+    p = read_verb(asub.add_parser("verify", help="walk the hash chain, name the first bad row"))
+    p.set_defaults(func=cmd_audit_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmsctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -359,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_node_verbs(sub)
     _add_secret_verbs(sub)
+    _add_audit_verbs(sub)
 
     p = read_verb(sub.add_parser("effective", help="show a path's effective set"))
     p.add_argument("path")

@@ -160,6 +160,12 @@ def _signed_headers(headers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(match["signed"].split(";"))
 
 
+def claimed_key_id(headers: Mapping[str, str]) -> str:
+    """The access key id a sign-in request claims (for the audit row of a refusal)."""
+    match = _AUTH_RE.match(headers.get("authorization", ""))
+    return match["cred"].split("/", 1)[0][:128] if match else ""
+
+
 def principal_from_arn(caller_arn: str) -> Principal:
     """Map an STS caller ARN to the IAM entity it stands for.
 

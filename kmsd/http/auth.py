@@ -11,9 +11,9 @@ from aiohttp.typedefs import Handler
 from kmsd.aws.sts import caller_arn
 from kmsd.db import sessions
 from kmsd.domain.access import is_admin
-from kmsd.domain.signin import LoginRequest, check_login, principal_from_arn
+from kmsd.domain.signin import LoginRequest, check_login, claimed_key_id, principal_from_arn
 from kmsd.errors import Forbidden, KmsError, Unauthenticated
-from kmsd.http.common import PRINCIPAL, json_body, json_response, principal
+from kmsd.http.common import AUDIT_CLAIMED, PRINCIPAL, json_body, json_response, principal
 from kmsd.keys import CLOCK, HTTP, METRICS, POOL, SESSIONS, SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -27,6 +27,7 @@ async def login(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:
         req = LoginRequest.from_json(await json_body(request))
+        request[AUDIT_CLAIMED] = claimed_key_id(req.headers)
         now = request.app[CLOCK].now()
         check_login(
             req,
@@ -47,6 +48,7 @@ async def login(request: web.Request) -> web.Response:
         now,
         timedelta(seconds=settings.token_ttl_s),
     )
+    request[PRINCIPAL] = who
     metrics.logins.labels("accepted").inc()
     log.info("login_accepted", principal=who.arn, caller_arn=who.caller_arn)
     return json_response(

@@ -12,6 +12,10 @@ from kmsd.errors import InvalidInput, Unauthenticated, UnsupportedMediaType
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
+# Set by handlers for the audit row: done early (watch), the target, the claimed identity.
+AUDITED = web.RequestKey("audited", bool)
+AUDIT_TARGET = web.RequestKey("audit_target", str)
+AUDIT_CLAIMED = web.RequestKey("audit_claimed", str)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

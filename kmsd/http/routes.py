@@ -12,7 +12,9 @@ import orjson
 from aiohttp import web
 
 from kmsd import writes
+from kmsd.db import audit as audit_db
 from kmsd.db import store
+from kmsd.domain.audit import ChainedRow
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
 from kmsd.errors import InvalidInput, NotFound, PayloadTooLarge
@@ -141,6 +143,68 @@ async def effective(request: web.Request) -> web.Response:
     return json_response(effective_document(str(path), version, chain))
 
 
+async def audit_list(request: web.Request) -> web.Response:
+    require_admin(request)
+    q = request.query
+    path = q.get("path")
+    if path is not None:
+        NodePath.parse(path)
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise InvalidInput("limit must be an integer") from None
+    if not 1 <= limit <= 10000:
+        raise InvalidInput("limit must be between 1 and 10000")
+    records = await request.app[POOL].fetch(
+        audit_db.SELECT_ROWS,
+        q.get("principal"),
+        path,
+        q.get("action"),
+        _time_param(q.get("since"), "since"),
+        _time_param(q.get("until"), "until"),
+        q.get("outcome"),
+        limit,
+    )
+    rows = [audit_db.row_of(r) for r in records]
+    return json_response({"rows": [_audit_doc(r) for r in rows]})
+
+
+def _audit_doc(row: ChainedRow) -> dict[str, Any]:
+    e = row.entry
+    return {
+        "seq": row.seq,
+        "at": e.at.isoformat(),
+        "principal": e.principal,
+        "claimed": e.claimed,
+        "source_ip": e.source_ip,
+        "action": e.action,
+        "target": e.target,
+        "outcome": e.outcome,
+        "status": e.status,
+        "request_id": e.request_id,
+        "replica": e.replica,
+        "hash": row.hash.hex(),
+    }
+
+
+def _time_param(raw: str | None, name: str) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an ISO 8601 time with a zone") from None
+    if when.tzinfo is None:
+        raise InvalidInput(f"{name} must be an ISO 8601 time with a zone")
+    return when
+
+
+async def audit_verify(request: web.Request) -> web.Response:
+    require_admin(request)
+    checked, broken = await audit_db.verify(request.app[POOL])
+    return json_response({"ok": broken is None, "checked": checked, "first_broken_seq": broken})
+
+
 async def healthz(request: web.Request) -> web.Response:
     await request.app[POOL].fetchval("SELECT 1")
     return json_response({"status": "ok"})
@@ -236,5 +300,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/effective/{path:.+}", effective)
     app.router.add_post("/v1/watch", watch)
     app.router.add_get("/v1/adoption/{path:.+}", adoption)
+    app.router.add_get("/v1/audit", audit_list)
+    app.router.add_post("/v1/audit/verify", audit_verify)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -11,7 +11,8 @@ from kmsd.domain.adoption import InstanceReport, summarise
 from kmsd.domain.names import NodePath
 from kmsd.domain.watch import parse_timeout, parse_watch
 from kmsd.errors import NotFound
-from kmsd.http.common import json_body, json_response, principal
+from kmsd.http.audit import audit_now
+from kmsd.http.common import AUDIT_TARGET, json_body, json_response, principal
 from kmsd.hub.adoption import ROWS_OF_PATH, Report
 from kmsd.hub.hub import TIMEOUT, Snapshot
 from kmsd.keys import ADOPTION, CLOCK, HUB, POOL, SETTINGS
@@ -30,9 +31,11 @@ async def watch(request: web.Request) -> web.StreamResponse:
         maximum=settings.watch_max_hold_s,
     )
     req = parse_watch(await json_body(request))
+    request[AUDIT_TARGET] = str(req.path)
     hub = request.app[HUB]
     if await hub.snapshot(req.path) is None:
         raise NotFound(f"node {str(req.path)!r} does not exist")
+    await audit_now(request)  # before the hold: waking a fleet never waits on the trail
     request.app[ADOPTION].report(
         Report(
             path=str(req.path),

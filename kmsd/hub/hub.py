@@ -24,7 +24,6 @@ hanging until their own timeouts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Iterable
@@ -265,9 +264,3 @@ class Hub:
                 waiter.handle.set_exception(ShuttingDown(retry_after=self._retry_after()))
         log.info("hub_closed", answered=len(waiters))
         return len(waiters)
-
-
-async def cancel_quietly(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -1,0 +1,97 @@
+"""Audit every API call, allowed or denied, and fail closed when the trail cannot be written.
+
+- Reads (and sign-ins) get one row after the handler, with the final status.
+- Changes (PUT/POST/DELETE other than sign-in and watch) get an ``attempt`` row *before* the
+  handler runs - if that cannot be written nothing changes - and an outcome row after.
+- A watch is audited when it is accepted (before the hold), so waking 10,000 polls never
+  waits on the audit trail; refusals are audited like any other call.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from kmsd.db.audit import AuditUnavailable
+from kmsd.domain.audit import AuditEntry, outcome_of
+from kmsd.errors import Unavailable
+from kmsd.http.common import AUDIT_CLAIMED, AUDIT_TARGET, AUDITED, PRINCIPAL, REQUEST_ID
+from kmsd.http.middleware import problem_response
+from kmsd.keys import AUDIT, CLOCK, SETTINGS
+
+# (method, route) -> action. Routes not listed are audited as "unknown".
+ACTIONS: dict[tuple[str, str], str] = {
+    ("POST", "/v1/auth/aws/login"): "auth.login",
+    ("GET", "/v1/auth/whoami"): "auth.whoami",
+    ("GET", "/v1/nodes"): "node.list",
+    ("PUT", "/v1/nodes/{path}"): "node.create",
+    ("GET", "/v1/nodes/{path}"): "node.read",
+    ("DELETE", "/v1/nodes/{path}"): "node.delete",
+    ("PUT", "/v1/secrets/{ref}"): "secret.put",
+    ("GET", "/v1/secrets/{ref}"): "secret.read",
+    ("DELETE", "/v1/secrets/{ref}"): "secret.delete",
+    ("GET", "/v1/effective/{path}"): "effective.read",
+    ("POST", "/v1/watch"): "watch",
+    ("GET", "/v1/adoption/{path}"): "adoption.read",
+    ("GET", "/v1/audit"): "audit.list",
+    ("POST", "/v1/audit/verify"): "audit.verify",
+}
+# Changes get a row before they run (fail closed before anything happens).
+_NOT_CHANGES = frozenset({"auth.login", "watch", "audit.verify"})
+FAIL_CLOSED = "the audit trail cannot be written, so the call is refused (fail closed)"
+
+
+def _action(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else ""
+    return ACTIONS.get((request.method, route), "unknown")
+
+
+def _entry(request: web.Request, status: int, outcome: str | None = None) -> AuditEntry:
+    who = request.get(PRINCIPAL)
+    info = request.match_info
+    target = request.get(AUDIT_TARGET) or info.get("path") or info.get("ref") or ""
+    return AuditEntry(
+        at=request.app[CLOCK].now(),
+        request_id=request[REQUEST_ID],
+        replica=request.app[SETTINGS].replica_id,
+        principal=who.arn if who else "-",
+        claimed=request.get(AUDIT_CLAIMED, ""),
+        source_ip=request.remote or "",
+        action=_action(request),
+        target=target,
+        outcome=outcome or outcome_of(status),
+        status=status,
+    )
+
+
+async def audit_now(request: web.Request, status: int = 200) -> None:
+    """Write this call's row now (handlers that answer late, like watch); raise if impossible."""
+    try:
+        await request.app[AUDIT].write(_entry(request, status))
+    except AuditUnavailable:
+        raise Unavailable(FAIL_CLOSED) from None
+    request[AUDITED] = True
+
+
+@web.middleware
+async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outcome row. Sits outside the error mapping so that it sees every final status."""
+    response = await handler(request)
+    if request.path.startswith("/v1/") and not request.get(AUDITED):
+        try:
+            await request.app[AUDIT].write(_entry(request, response.status))
+        except AuditUnavailable:
+            return problem_response(Unavailable(FAIL_CLOSED), request[REQUEST_ID])
+    return response
+
+
+@web.middleware
+async def audit_attempt(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The attempt row of a change, once the caller is known and before anything changes."""
+    if request.method != "GET" and _action(request) not in _NOT_CHANGES:
+        try:
+            await request.app[AUDIT].write(_entry(request, 0, "attempt"))
+        except AuditUnavailable:
+            raise Unavailable(FAIL_CLOSED) from None
+    return await handler(request)

@@ -14,10 +14,12 @@ from kmsd import writes
 from kmsd.aws.sm import secrets_writer
 from kmsd.clock import Clock, SystemClock
 from kmsd.config import Settings
+from kmsd.db import bindings as bindings_db
 from kmsd.db.audit import AuditWriter
+from kmsd.db.bindings import BindingsCache
 from kmsd.db.migrate import migrate
 from kmsd.db.sessions import SessionCache
-from kmsd.http import audit, auth, middleware
+from kmsd.http import access, audit, auth, middleware
 from kmsd.http.routes import setup_routes
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
@@ -25,6 +27,7 @@ from kmsd.hub.listener import Waker
 from kmsd.keys import (
     ADOPTION,
     AUDIT,
+    BINDINGS,
     CLOCK,
     HTTP,
     HUB,
@@ -42,8 +45,9 @@ log = structlog.get_logger(__name__)
 
 # How often the outbox is swept for writes whose metadata was not recorded.
 RECONCILE_INTERVAL_S = 60.0
-# A JSON body with a 64 KiB binary value in base64 is ~88 KiB; leave room, refuse the rest.
-CLIENT_MAX_SIZE = 256 * 1024
+# Bodies over 1 MiB are refused (413) before they are read; SM's own 64 KiB value limit is
+# checked separately with a message of its own.
+CLIENT_MAX_SIZE = 1024 * 1024
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -57,6 +61,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         settings.database_url, min_size=1, max_size=settings.db_pool_max
     )
     app[POOL] = pool
+    app[BINDINGS] = BindingsCache(pool)
     yield
     await pool.close()
 
@@ -93,7 +98,14 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     settings, pool, metrics = app[SETTINGS], app[POOL], app[METRICS]
     hub = Hub(pool, app[CLOCK], metrics)
-    waker = Waker(settings.database_url, pool, hub, app[CLOCK], metrics)
+    waker = Waker(
+        settings.database_url,
+        pool,
+        hub,
+        app[CLOCK],
+        metrics,
+        invalidations={bindings_db.CHANNEL: app[BINDINGS].invalidate},
+    )
     await waker.start()
     adoption = AdoptionBuffer(pool, settings.replica_id, metrics)
     app[HUB], app[WAKER], app[ADOPTION] = hub, waker, adoption
@@ -119,14 +131,18 @@ def create_app(
     """Build the kmsd application for ``settings``."""
     app = web.Application(
         client_max_size=CLIENT_MAX_SIZE,
-        # Order: access_log outermost (sees the final status and duration); audit (the outcome
+        # Order: client_address first (everything after logs and judges the resolved
+        # address); access_log (sees the final status and duration); audit (the outcome
         # row, so it must see the status errors produced); errors (KmsError -> problem+json,
-        # auth failures included); bearer auth; then the attempt row of a change, written
+        # auth failures included); the global CIDR allowlist; bearer auth (with the token's
+        # IP binding); then the attempt row of a change, written
         # once the caller is known and before the handler can change anything.
         middlewares=[
+            access.client_address,
             middleware.access_log,
             audit.audit,
             middleware.errors,
+            access.allowlist,
             auth.bearer,
             audit.audit_attempt,
         ],

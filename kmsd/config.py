@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from kmsd.errors import ConfigError
+from kmsd.domain.access import IpNetwork, parse_cidrs
+from kmsd.errors import ConfigError, InvalidInput
 
 DEFAULT_PORT = 8700
 # Bearer tokens are short-lived: an agent signs in again long before this runs out.
@@ -50,6 +51,9 @@ class Settings:
     watch_max_hold_s: int = MAX_WATCH_HOLD_S
     adoption_flush_s: float = DEFAULT_ADOPTION_FLUSH_S
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    allowed_cidrs: tuple[IpNetwork, ...] = ()
+    bind_token_ip: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -97,6 +101,9 @@ class Settings:
                 env.get("KMSD_WATCH_MAX_HOLD", str(MAX_WATCH_HOLD_S)), "KMSD_WATCH_MAX_HOLD"
             ),
             replica_id=env.get("KMSD_REPLICA_ID") or f"{socket.gethostname()}:{os.getpid()}",
+            trusted_proxies=_cidrs(env.get("KMSD_TRUSTED_PROXIES", ""), "KMSD_TRUSTED_PROXIES"),
+            allowed_cidrs=_cidrs(env.get("KMSD_ALLOWED_CIDRS", ""), "KMSD_ALLOWED_CIDRS"),
+            bind_token_ip=_bool(env.get("KMSD_BIND_TOKEN_IP", "true"), "KMSD_BIND_TOKEN_IP"),
         )
         if settings.watch_default_hold_s > settings.watch_max_hold_s:
             raise ConfigError("KMSD_WATCH_DEFAULT_HOLD must not exceed KMSD_WATCH_MAX_HOLD")
@@ -115,6 +122,19 @@ def _int(raw: str, name: str, low: int = 1, high: int = 2**31 - 1) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _cidrs(raw: str, name: str) -> tuple[IpNetwork, ...]:
+    try:
+        return parse_cidrs(c.strip() for c in raw.split(",") if c.strip())
+    except InvalidInput as exc:
+        raise ConfigError(f"{name}: {exc.detail}") from None
+
+
+def _bool(raw: str, name: str) -> bool:
+    if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw.lower() in ("true", "1", "yes")
 
 
 def _normalise_endpoint(url: str, name: str) -> str:

@@ -10,6 +10,7 @@ from kmsd.aws.sm import SecretsWriter
 from kmsd.clock import Clock
 from kmsd.config import Settings
 from kmsd.db.audit import AuditWriter
+from kmsd.db.bindings import BindingsCache
 from kmsd.db.sessions import SessionCache
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
@@ -27,3 +28,4 @@ WAKER = web.AppKey("waker", Waker)
 ADOPTION = web.AppKey("adoption", AdoptionBuffer)
 SESSIONS = web.AppKey("sessions", SessionCache)
 AUDIT = web.AppKey("audit", AuditWriter)
+BINDINGS = web.AppKey("bindings", BindingsCache)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -16,10 +17,16 @@ INSERT INTO sessions (token_hash, principal, caller_arn, source_ip, expires_at)
 VALUES ($1, $2, $3, $4, $5)
 """
 LOOKUP_SESSION = """
-SELECT principal, caller_arn, expires_at FROM sessions
+SELECT principal, caller_arn, source_ip, expires_at FROM sessions
 WHERE token_hash = $1 AND expires_at > now()
 """
 PURGE_EXPIRED = "DELETE FROM sessions WHERE expires_at < now() - interval '1 day'"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    principal: Principal
+    source_ip: str  # the address that signed in
 
 
 def token_hash(token: str) -> bytes:
@@ -47,20 +54,20 @@ class SessionCache:
     def __init__(self, ttl: float = 30.0, max_entries: int = 100_000) -> None:
         self._ttl = timedelta(seconds=ttl)
         self._max = max_entries
-        self._entries: OrderedDict[bytes, tuple[Principal, datetime]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Session, datetime]] = OrderedDict()
 
-    def get(self, key: bytes, now: datetime) -> Principal | None:
+    def get(self, key: bytes, now: datetime) -> Session | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        who, valid_until = entry
+        session, valid_until = entry
         if now >= valid_until:
             del self._entries[key]
             return None
-        return who
+        return session
 
-    def put(self, key: bytes, who: Principal, expires_at: datetime, now: datetime) -> None:
-        self._entries[key] = (who, min(expires_at, now + self._ttl))
+    def put(self, key: bytes, session: Session, expires_at: datetime, now: datetime) -> None:
+        self._entries[key] = (session, min(expires_at, now + self._ttl))
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
@@ -68,15 +75,16 @@ class SessionCache:
 
 async def lookup(
     pool: asyncpg.Pool, token: str, cache: SessionCache, now: datetime
-) -> Principal | None:
-    """Resolve a bearer token to its principal (cache first, then PostgreSQL)."""
+) -> Session | None:
+    """Resolve a bearer token to its session (cache first, then PostgreSQL)."""
     key = token_hash(token)
-    who = cache.get(key, now)
-    if who is not None:
-        return who
+    session = cache.get(key, now)
+    if session is not None:
+        return session
     row = await pool.fetchrow(LOOKUP_SESSION, key)
     if row is None:
         return None
     who = Principal(row["principal"], row["caller_arn"], row["principal"].split(":")[4])
-    cache.put(key, who, row["expires_at"], now)
-    return who
+    session = Session(who, row["source_ip"])
+    cache.put(key, session, row["expires_at"], now)
+    return session

@@ -13,6 +13,7 @@ from kmsd.errors import InvalidInput
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 MAX_PROCESS_IDS = 1024
 MAX_HELD = 1000
+WATCH_FIELDS = frozenset({"path", "path_version", "instance_id", "app_process_ids", "held"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,14 @@ from aiohttp.typedefs import Handler
 from kmsd.db.audit import AuditUnavailable
 from kmsd.domain.audit import AuditEntry, outcome_of
 from kmsd.errors import Unavailable
-from kmsd.http.common import AUDIT_CLAIMED, AUDIT_TARGET, AUDITED, PRINCIPAL, REQUEST_ID
+from kmsd.http.common import (
+    AUDIT_CLAIMED,
+    AUDIT_TARGET,
+    AUDITED,
+    CLIENT_IP,
+    PRINCIPAL,
+    REQUEST_ID,
+)
 from kmsd.http.middleware import problem_response
 from kmsd.keys import AUDIT, CLOCK, SETTINGS
 
@@ -33,6 +40,9 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/effective/{path}"): "effective.read",
     ("POST", "/v1/watch"): "watch",
     ("GET", "/v1/adoption/{path}"): "adoption.read",
+    ("GET", "/v1/bindings"): "binding.list",
+    ("POST", "/v1/bindings"): "binding.grant",
+    ("DELETE", "/v1/bindings/{id}"): "binding.revoke",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
 }
@@ -57,7 +67,7 @@ def _entry(request: web.Request, status: int, outcome: str | None = None) -> Aud
         replica=request.app[SETTINGS].replica_id,
         principal=who.arn if who else "-",
         claimed=request.get(AUDIT_CLAIMED, ""),
-        source_ip=request.remote or "",
+        source_ip=request.get(CLIENT_IP, request.remote or ""),
         action=_action(request),
         target=target,
         outcome=outcome or outcome_of(status),

@@ -10,14 +10,16 @@ from aiohttp.typedefs import Handler
 
 from kmsd.aws.sts import caller_arn
 from kmsd.db import sessions
-from kmsd.domain.access import is_admin
 from kmsd.domain.signin import LoginRequest, check_login, claimed_key_id, principal_from_arn
-from kmsd.errors import Forbidden, KmsError, Unauthenticated
-from kmsd.http.common import AUDIT_CLAIMED, PRINCIPAL, json_body, json_response, principal
+from kmsd.errors import KmsError, Unauthenticated
+from kmsd.http.common import AUDIT_CLAIMED, CLIENT_IP, PRINCIPAL, json_body, json_response
 from kmsd.keys import CLOCK, HTTP, METRICS, POOL, SESSIONS, SETTINGS
 
 log = structlog.get_logger(__name__)
 
+LOGIN_FIELDS = frozenset(
+    {"iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers"}
+)
 # Routes any caller may reach without a token.
 PUBLIC_ROUTES = frozenset({"/v1/auth/aws/login", "/healthz", "/metrics"})
 
@@ -26,7 +28,7 @@ async def login(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     try:
-        req = LoginRequest.from_json(await json_body(request))
+        req = LoginRequest.from_json(await json_body(request, allowed=LOGIN_FIELDS))
         request[AUDIT_CLAIMED] = claimed_key_id(req.headers)
         now = request.app[CLOCK].now()
         check_login(
@@ -44,7 +46,7 @@ async def login(request: web.Request) -> web.Response:
     token, expires = await sessions.create_session(
         request.app[POOL],
         who,
-        request.remote or "",
+        request[CLIENT_IP],
         now,
         timedelta(seconds=settings.token_ttl_s),
     )
@@ -61,12 +63,6 @@ async def login(request: web.Request) -> web.Response:
     )
 
 
-async def whoami(request: web.Request) -> web.Response:
-    who = principal(request)
-    admin = is_admin(who.arn, request.app[SETTINGS].admins)
-    return json_response({"principal": who.arn, "caller_arn": who.caller_arn, "admin": admin})
-
-
 @web.middleware
 async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve ``Authorization: Bearer`` to a principal; refuse protected routes without one."""
@@ -78,21 +74,16 @@ async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("send Authorization: Bearer TOKEN from POST /v1/auth/aws/login")
-    who = await sessions.lookup(
+    session = await sessions.lookup(
         request.app[POOL], token.strip(), request.app[SESSIONS], request.app[CLOCK].now()
     )
-    if who is None:
+    if session is None:
         raise Unauthenticated("the bearer token is unknown or expired; sign in again")
+    if request.app[SETTINGS].bind_token_ip and session.source_ip != request[CLIENT_IP]:
+        raise Unauthenticated(
+            "this token was issued to another IP address; sign in again from this one"
+        )
+    who = session.principal
     request[PRINCIPAL] = who
     structlog.contextvars.bind_contextvars(principal=who.arn)
     return await handler(request)
-
-
-def require_admin(request: web.Request) -> None:
-    """Until bindings exist, only KMSD_ADMINS principals may change anything."""
-    who = principal(request)
-    if not is_admin(who.arn, request.app[SETTINGS].admins):
-        raise Forbidden(
-            f"{who.arn} may read effective sets but not change the tree or secrets "
-            "(only principals matching KMSD_ADMINS may)"
-        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import orjson
@@ -12,6 +13,8 @@ from kmsd.errors import InvalidInput, Unauthenticated, UnsupportedMediaType
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The caller's address after trusted-proxy resolution (None if the peer is not an IP).
+CLIENT_IP = web.RequestKey("client_ip", str)
 # Set by handlers for the audit row: done early (watch), the target, the claimed identity.
 AUDITED = web.RequestKey("audited", bool)
 AUDIT_TARGET = web.RequestKey("audit_target", str)
@@ -22,8 +25,13 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """Parse a JSON object body or raise a 400/415 that says what was wrong."""
+async def json_body(
+    request: web.Request, allowed: AbstractSet[str] | None = None
+) -> dict[str, Any]:
+    """Parse a JSON object body or raise a 400/415 that says what was wrong.
+
+    With ``allowed``, a field outside it is a 400: a typo must not be silently ignored.
+    """
     if request.content_type not in ("application/json", ""):
         raise UnsupportedMediaType("send the request body as application/json")
     raw = await request.read()
@@ -33,6 +41,11 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise InvalidInput(f"request body is not valid JSON ({exc.msg} at {exc.pos})") from None
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
+    if allowed is not None and (unknown := sorted(set(doc) - allowed)):
+        raise InvalidInput(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"this call takes {', '.join(sorted(allowed))}"
+        )
     return doc
 
 

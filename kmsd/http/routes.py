@@ -14,15 +14,19 @@ from aiohttp import web
 from kmsd import writes
 from kmsd.db import audit as audit_db
 from kmsd.db import store
+from kmsd.domain.access import ROOT
 from kmsd.domain.audit import ChainedRow
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
 from kmsd.errors import InvalidInput, NotFound, PayloadTooLarge
-from kmsd.http.auth import login, require_admin, whoami
-from kmsd.http.common import flag, json_body, json_response, principal
+from kmsd.http import access
+from kmsd.http.access import authorize
+from kmsd.http.auth import login
+from kmsd.http.common import flag, json_body, json_response
 from kmsd.http.watch import adoption, watch
 from kmsd.keys import METRICS, POOL, SETTINGS, SM
 
+PUT_SECRET_FIELDS = frozenset({"kind", "value", "value_b64", "description", "tags", "expires_at"})
 # Secrets Manager refuses SecretString/SecretBinary over 65,536 bytes.
 SM_MAX_VALUE_BYTES = 65536
 MAX_TAGS = 50
@@ -36,25 +40,25 @@ def _split_secret(ref: str) -> tuple[NodePath, str]:
 
 
 async def put_node(request: web.Request) -> web.Response:
-    require_admin(request)
     path = NodePath.parse(request.match_info["path"])
+    parents = flag(request, "parents")
+    who = await authorize(request, "edit", path.segments[0] if parents else str(path))
+    await authorize(request, "edit", str(path))
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        created = await store.create_node(
-            conn, path, principal(request).arn, parents=flag(request, "parents")
-        )
+        created = await store.create_node(conn, path, who.arn, parents=parents)
     return json_response({"path": str(path), "created": created}, status=201 if created else 200)
 
 
 async def get_node(request: web.Request) -> web.Response:
     path = NodePath.parse(request.match_info["path"])
-    require_admin(request)
+    await authorize(request, "view", str(path))
     async with request.app[POOL].acquire() as conn:
         return json_response(await store.describe_node(conn, path))
 
 
 async def delete_node(request: web.Request) -> web.Response:
-    require_admin(request)
     path = NodePath.parse(request.match_info["path"])
+    await authorize(request, "edit", str(path))
     sm_names = await asyncio.shield(
         writes.delete_node(
             request.app[POOL], request.app[SM], path, recursive=flag(request, "recursive")
@@ -64,15 +68,15 @@ async def delete_node(request: web.Request) -> web.Response:
 
 
 async def list_namespaces(request: web.Request) -> web.Response:
-    require_admin(request)
+    await authorize(request, "view", ROOT)
     rows = await request.app[POOL].fetch("SELECT path FROM nodes WHERE depth = 1 ORDER BY path")
     return json_response({"namespaces": [r["path"] for r in rows]})
 
 
 async def put_secret(request: web.Request) -> web.Response:
-    require_admin(request)
     path, name = _split_secret(request.match_info["ref"])
-    doc = await json_body(request)
+    who = await authorize(request, "edit", str(path))
+    doc = await json_body(request, allowed=PUT_SECRET_FIELDS)
     kind = doc.get("kind", "json")
     if kind not in KINDS:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")
@@ -89,7 +93,7 @@ async def put_secret(request: web.Request) -> web.Response:
                 name=name,
                 kind=kind,
                 value=value,
-                created_by=principal(request).arn,
+                created_by=who.arn,
                 description=_description(doc),
                 tags=_tags(doc),
                 expires_at=_expires_at(doc),
@@ -100,8 +104,8 @@ async def put_secret(request: web.Request) -> web.Response:
 
 
 async def get_secret(request: web.Request) -> web.Response:
-    require_admin(request)
     path, name = _split_secret(request.match_info["ref"])
+    await authorize(request, "view", str(path))
     async with request.app[POOL].acquire() as conn:
         node = await store.get_node(conn, path)
         row = await store.get_secret(conn, node["id"], name)
@@ -126,15 +130,15 @@ async def get_secret(request: web.Request) -> web.Response:
 
 
 async def delete_secret(request: web.Request) -> web.Response:
-    require_admin(request)
     path, name = _split_secret(request.match_info["ref"])
+    await authorize(request, "edit", str(path))
     await asyncio.shield(writes.delete_secret(request.app[POOL], request.app[SM], path, name))
     return json_response({"path": str(path), "name": name, "deleted": True})
 
 
 async def effective(request: web.Request) -> web.Response:
-    principal(request)
     path = NodePath.parse(request.match_info["path"])
+    await authorize(request, "read", str(path))
     async with (
         request.app[POOL].acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
@@ -144,11 +148,11 @@ async def effective(request: web.Request) -> web.Response:
 
 
 async def audit_list(request: web.Request) -> web.Response:
-    require_admin(request)
     q = request.query
     path = q.get("path")
     if path is not None:
-        NodePath.parse(path)
+        path = str(NodePath.parse(path))
+    await authorize(request, "view" if path else "admin", path or ROOT)
     try:
         limit = int(q.get("limit", "100"))
     except ValueError:
@@ -200,7 +204,7 @@ def _time_param(raw: str | None, name: str) -> datetime | None:
 
 
 async def audit_verify(request: web.Request) -> web.Response:
-    require_admin(request)
+    await authorize(request, "admin", ROOT)
     checked, broken = await audit_db.verify(request.app[POOL])
     return json_response({"ok": broken is None, "checked": checked, "first_broken_seq": broken})
 
@@ -289,7 +293,10 @@ def _expires_at(doc: dict[str, Any]) -> datetime | None:
 def setup_routes(app: web.Application) -> None:
     """Register every route; ``{path}`` and ``{ref}`` span slashes."""
     app.router.add_post("/v1/auth/aws/login", login)
-    app.router.add_get("/v1/auth/whoami", whoami)
+    app.router.add_get("/v1/auth/whoami", access.whoami)
+    app.router.add_get("/v1/bindings", access.list_bindings)
+    app.router.add_post("/v1/bindings", access.grant)
+    app.router.add_delete("/v1/bindings/{id}", access.revoke)
     app.router.add_get("/v1/nodes", list_namespaces)
     app.router.add_put("/v1/nodes/{path:.+}", put_node)
     app.router.add_get("/v1/nodes/{path:.+}", get_node)

@@ -9,10 +9,11 @@ from aiohttp import web
 
 from kmsd.domain.adoption import InstanceReport, summarise
 from kmsd.domain.names import NodePath
-from kmsd.domain.watch import parse_timeout, parse_watch
+from kmsd.domain.watch import WATCH_FIELDS, parse_timeout, parse_watch
 from kmsd.errors import NotFound
+from kmsd.http.access import authorize
 from kmsd.http.audit import audit_now
-from kmsd.http.common import AUDIT_TARGET, json_body, json_response, principal
+from kmsd.http.common import AUDIT_TARGET, CLIENT_IP, json_body, json_response, principal
 from kmsd.hub.adoption import ROWS_OF_PATH, Report
 from kmsd.hub.hub import TIMEOUT, Snapshot
 from kmsd.keys import ADOPTION, CLOCK, HUB, POOL, SETTINGS
@@ -30,8 +31,9 @@ async def watch(request: web.Request) -> web.StreamResponse:
         default=settings.watch_default_hold_s,
         maximum=settings.watch_max_hold_s,
     )
-    req = parse_watch(await json_body(request))
+    req = parse_watch(await json_body(request, allowed=WATCH_FIELDS))
     request[AUDIT_TARGET] = str(req.path)
+    await authorize(request, "read", str(req.path))
     hub = request.app[HUB]
     if await hub.snapshot(req.path) is None:
         raise NotFound(f"node {str(req.path)!r} does not exist")
@@ -41,7 +43,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
             path=str(req.path),
             instance_id=req.instance_id,
             principal=who.arn,
-            ip=request.remote or "",
+            ip=request[CLIENT_IP],
             app_process_ids=req.app_process_ids,
             held=req.held,
             path_version=req.path_version,
@@ -57,8 +59,8 @@ async def watch(request: web.Request) -> web.StreamResponse:
 
 
 async def adoption(request: web.Request) -> web.Response:
-    principal(request)
     path = NodePath.parse(request.match_info["path"])
+    await authorize(request, "view", str(path))
     hub = request.app[HUB]
     snap = await hub.snapshot(path)
     if snap is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
@@ -44,8 +45,19 @@ PRUNE_EVERY_S: Final = 300.0
 class Waker:
     """Owns the LISTEN connection and the change-processing task."""
 
-    def __init__(self, dsn: str, pool: asyncpg.Pool, hub: Hub, clock: Clock, metrics: Metrics):
+    def __init__(
+        self,
+        dsn: str,
+        pool: asyncpg.Pool,
+        hub: Hub,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        invalidations: Mapping[str, Callable[[], None]] | None = None,
+    ):
         self._dsn = dsn
+        # Other channels whose notifications (or a reconnect) drop an in-process cache.
+        self._invalidations = dict(invalidations or {})
         self._pool = pool
         self._hub = hub
         self._clock = clock
@@ -70,6 +82,9 @@ class Waker:
         conn = await asyncpg.connect(self._dsn)
         conn.add_termination_listener(self._on_terminated)
         await conn.add_listener(CHANNEL, self._on_notify)
+        for channel, invalidate in self._invalidations.items():
+            await conn.add_listener(channel, lambda *_, fn=invalidate: fn())
+            invalidate()  # anything may have changed while we were not listening
         self._conn = conn
         self._lost.clear()
         self.connected.set()

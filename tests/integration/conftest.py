@@ -47,7 +47,16 @@ async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
-TABLES = ("sessions", "sm_outbox", "secret_versions", "secrets", "nodes", "changes", "adoption")
+TABLES = (
+    "sessions",
+    "sm_outbox",
+    "secret_versions",
+    "secrets",
+    "nodes",
+    "changes",
+    "adoption",
+    "bindings",
+)
 
 
 @pytest.fixture
@@ -131,6 +140,10 @@ class Api:
 
     async def effective(self, path: str) -> Any:
         return await self.ok("GET", f"/v1/effective/{path}")
+
+    async def grant(self, who: str, path: str, permission: str, **extra: Any) -> Any:
+        body = {"principal": who, "path": path, "permission": permission, **extra}
+        return await self.ok("POST", "/v1/bindings", json=body)
 
 
 async def sign_in(

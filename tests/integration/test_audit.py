@@ -26,10 +26,12 @@ async def _last(db: asyncpg.Connection, n: int) -> list[dict[str, Any]]:
 
 
 async def test_allowed_and_denied_calls_are_audited(
-    api: Api, reader_api: Api, admin: Identity, db: asyncpg.Connection, moto_endpoint: str
+    api: Api, reader_api: Api, admin: Identity, reader: Identity, db: asyncpg.Connection
 ) -> None:
     await api.ok("PUT", "/v1/nodes/prod/pay?parents=true")
-    assert (await _last(db, 2)) == [
+    await api.grant(reader.arn, "prod/pay", "read")
+    await api.ok("GET", "/v1/auth/whoami")
+    assert (await _last(db, 5))[:2] == [
         {
             "principal": admin.arn,
             "claimed": "",
@@ -171,6 +173,7 @@ async def test_audit_list_filters(api: Api, reader_api: Api, reader: Identity) -
     # The shared test database keeps earlier tests' rows (the trail is append-only).
     since = quote(datetime.now(UTC).isoformat())
     await api.ok("PUT", "/v1/nodes/prod/pay/eu?parents=true")
+    await api.grant(reader.arn, "prod/pay", "read")
     await reader_api.effective("prod/pay/eu")
     await reader_api.call("DELETE", "/v1/nodes/prod/pay/eu")
     doc = await api.ok(

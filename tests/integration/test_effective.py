@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.conftest import Identity
 from tests.integration.conftest import Api
 
 TREE = [
@@ -120,15 +121,20 @@ async def test_effective_errors(api: Api) -> None:
     assert status == 400
 
 
-async def test_reader_may_read_effective_but_not_write(api: Api, reader_api: Api) -> None:
+async def test_reader_may_read_effective_but_not_write(
+    api: Api, reader_api: Api, reader: Identity
+) -> None:
     await _tree(api)
     await api.put_json("prod/payments/db", {"user": "a"})
+    assert (await reader_api.call("GET", "/v1/effective/prod/payments"))[0] == 403
+    await api.grant(reader.arn, "prod/payments", "read")
     doc = await reader_api.effective("prod/payments/us-east-1")
     assert [s["name"] for s in doc["secrets"]] == ["db"]
     status, problem = await reader_api.call(
         "PUT", "/v1/secrets/prod/payments/db", json={"kind": "json", "value": {"x": "1"}}
     )
     assert status == 403
-    assert "KMSD_ADMINS" in problem["detail"]
+    assert "may not edit 'prod/payments'" in problem["detail"]
+    assert (await reader_api.call("GET", "/v1/effective/prod/billing"))[0] == 403
     assert (await reader_api.call("PUT", "/v1/nodes/prod/other"))[0] == 403
     assert (await reader_api.call("DELETE", "/v1/nodes/prod/billing?recursive=true"))[0] == 403

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -36,6 +37,7 @@ class Client:
         self.addr = addr.rstrip("/")
         self.server_id = server_id
         self._token: str | None = None
+        self._from_cache: bool | None = None
         # Long polls are held up to 180 s by kmsd; wait a little longer than that.
         self.timeout = TIMEOUT_S
 
@@ -69,11 +71,22 @@ class Client:
         )
         answer: dict[str, Any] = self._send("POST", "/v1/auth/aws/login", body, auth=False)
         self._token = answer["token"]
+        self._from_cache = False
         return answer
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         if self._token is None:
+            self._token = load_cached_token(self.addr)
+            self._from_cache = self._token is not None
+        if self._token is None:
             self.login()
+        try:
+            return self._send(method, path, body, auth=True)
+        except CliError as exc:
+            if "(401)" not in str(exc) or not self._from_cache:
+                raise
+        # The cached token was revoked or issued to another IP: sign in again, once.
+        self.login()
         return self._send(method, path, body, auth=True)
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, *, auth: bool) -> Any:
@@ -93,6 +106,55 @@ class Client:
             raise CliError(_problem_text(err)) from None
         except urllib.error.URLError as err:
             raise CliError(f"cannot reach kmsd at {self.addr}: {err.reason}") from None
+
+
+def _token_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kmsctl" / "tokens.json"
+
+
+def load_cached_token(addr: str) -> str | None:
+    """The cached session token for ``addr`` if it has not expired."""
+    path = _token_file()
+    try:
+        doc = json.loads(path.read_text())
+        entry = doc[addr]
+        if datetime.fromisoformat(entry["expires_at"]) <= datetime.now(UTC) + timedelta(minutes=1):
+            return None
+        return str(entry["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def forget_cached_token(addr: str) -> None:
+    path = _token_file()
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(doc, dict) and doc.pop(addr, None) is not None:
+        _write_private(path, doc)
+
+
+def _write_private(path: Path, doc: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(doc, out)
+    path.chmod(0o600)
+
+
+def save_cached_token(addr: str, token: str, expires_at: str) -> None:
+    """Cache a session token (file mode 0600, folder 0700) until it expires."""
+    path = _token_file()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict):
+            doc = {}
+    except (OSError, ValueError):
+        doc = {}
+    doc[addr] = {"token": token, "expires_at": expires_at}
+    _write_private(path, doc)
 
 
 def _problem_text(err: urllib.error.HTTPError) -> str:
@@ -121,7 +183,9 @@ def _emit(args: argparse.Namespace, doc: Any, text: Callable[[Any], None]) -> No
 
 
 def cmd_login(c: Client, args: argparse.Namespace) -> None:
+    """Sign in and cache the token: later commands act as this principal until it expires."""
     doc = c.login()
+    save_cached_token(c.addr, doc["token"], doc["expires_at"])
     doc.pop("token", None)  # never print a bearer token by default
     _emit(args, doc, lambda d: print(f"signed in as {d['principal']} until {d['expires_at']}"))
 
@@ -351,6 +415,88 @@ def _add_secret_verbs(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_secret_delete)
 
 
+def cmd_logout(c: Client, args: argparse.Namespace) -> None:
+    forget_cached_token(c.addr)
+    print(f"forgot the cached token for {c.addr}")
+
+
+def cmd_whoami(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", "/v1/auth/whoami")
+
+    def text(d: dict[str, Any]) -> None:
+        print(f"{d['principal']}{' (bootstrap admin)' if d['admin'] else ''} from {d['source_ip']}")
+        _print_table(
+            [
+                (str(b["id"]), b["path"], b["permission"], b["principal"], ",".join(b["cidrs"]))
+                for b in d["bindings"]
+            ],
+            ("ID", "PATH", "PERMISSION", "PATTERN", "CIDRS"),
+        )
+
+    _emit(args, doc, text)
+
+
+def _grant(c: Client, principal: str, path: str, permission: str, cidrs: list[str]) -> None:
+    body = {"principal": principal, "path": path, "permission": permission, "cidrs": cidrs}
+    doc = c.call("POST", "/v1/bindings", body)
+    print(
+        f"binding {doc['id']}: {doc['principal']} may {doc['permission']} {doc['path']}"
+        + (f" from {', '.join(doc['cidrs'])}" if doc["cidrs"] else "")
+    )
+
+
+def cmd_access_grant(c: Client, args: argparse.Namespace) -> None:
+    _grant(c, args.principal, args.path, args.permission, args.cidr or [])
+
+
+def cmd_app_bind(c: Client, args: argparse.Namespace) -> None:
+    _grant(c, args.role, args.app, "read", args.cidr or [])
+
+
+def cmd_access_revoke(c: Client, args: argparse.Namespace) -> None:
+    c.call("DELETE", f"/v1/bindings/{args.id}")
+    print(f"binding {args.id} revoked")
+
+
+def cmd_access_list(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", "/v1/bindings?" + urlencode({"path": args.path}))
+    _emit(
+        args,
+        doc,
+        lambda d: _print_table(
+            [
+                (str(b["id"]), b["path"], b["permission"], b["principal"], ",".join(b["cidrs"]))
+                for b in d["bindings"]
+            ],
+            ("ID", "PATH", "PERMISSION", "PATTERN", "CIDRS"),
+        ),
+    )
+
+
+def _add_access_verbs(sub: Subparsers) -> None:
+    access = sub.add_parser("access", help="bindings: who may do what under which path")
+    asub = access.add_subparsers(dest="verb", required=True)
+    p = asub.add_parser("grant", help="bind a principal pattern to a path prefix")
+    p.add_argument("principal", help="arn:aws:iam::ACCOUNT:role/NAME ('*' only in NAME)")
+    p.add_argument("path", help="path prefix, or '*' for everything")
+    p.add_argument("permission", choices=("read", "view", "edit", "rotate", "admin"))
+    p.add_argument("--cidr", action="append", help="calls must come from here (repeatable)")
+    p.set_defaults(func=cmd_access_grant)
+    p = asub.add_parser("revoke", help="remove a binding by id")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_access_revoke)
+    p = read_verb(asub.add_parser("list", help="bindings at or under a path"))
+    p.add_argument("path", nargs="?", default="*")
+    p.set_defaults(func=cmd_access_list)
+    app = sub.add_parser("app", help="applications")
+    appsub = app.add_subparsers(dest="verb", required=True)
+    p = appsub.add_parser("bind", help="let an application's hosts read it (a read binding)")
+    p.add_argument("app", help="NAMESPACE/APP")
+    p.add_argument("--role", required=True, help="the hosts' IAM role ARN (pattern)")
+    p.add_argument("--cidr", action="append", help="the hosts' networks (repeatable)")
+    p.set_defaults(func=cmd_app_bind)
+
+
 def cmd_audit_list(c: Client, args: argparse.Namespace) -> None:
     params = {
         k: v
@@ -424,12 +570,17 @@ def _add_audit_verbs(sub: Subparsers) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmsctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    read_verb(sub.add_parser("login", help="sign in and show who you are")).set_defaults(
-        func=cmd_login
-    )
+    read_verb(
+        sub.add_parser("login", help="sign in with your AWS identity and cache the token")
+    ).set_defaults(func=cmd_login)
+    sub.add_parser("logout", help="forget the cached token").set_defaults(func=cmd_logout)
     _add_node_verbs(sub)
     _add_secret_verbs(sub)
     _add_audit_verbs(sub)
+    _add_access_verbs(sub)
+    read_verb(sub.add_parser("whoami", help="your principal and its bindings")).set_defaults(
+        func=cmd_whoami
+    )
 
     p = read_verb(sub.add_parser("effective", help="show a path's effective set"))
     p.add_argument("path")

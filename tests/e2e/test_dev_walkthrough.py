@@ -104,6 +104,7 @@ def postgres_running(workdir: Path) -> bool:
 def run_shell(script: str, cwd: Path) -> str:
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
+        env={**os.environ, "XDG_CACHE_HOME": str(cwd / ".cache")},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -123,6 +124,10 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
     finally:
         assert dev.stop() == 0
     assert not postgres_running(workdir), "Ctrl-C must stop the embedded PostgreSQL too"
+    # kmsctl login cached the session token for the later commands, readable by us only.
+    cache = workdir / ".cache" / "kmsctl" / "tokens.json"
+    assert cache.stat().st_mode & 0o777 == 0o600
+    assert "kmsd-dev-operator (bootstrap admin)" in out
     blue = out.split("prod/payments/us-east-1/blue  path_version=")[1]
     rows = {line.split()[0]: line.split() for line in blue.splitlines()[2:5]}
     assert rows["db"][2] == "prod/payments/us-east-1"

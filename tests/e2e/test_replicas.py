@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 DEADLINE_S = 30
+CACHE_DIR = Path(tempfile.mkdtemp(prefix="kmsctl-cache-", dir="/tmp"))
 
 
 def wait_until(check: Callable[[], bool], what: str) -> None:
@@ -131,6 +133,8 @@ def kmsctl(addr: str, who: Identity, moto_endpoint: str, *args: str, **kw: Any) 
         "AWS_ACCESS_KEY_ID": who.access_key,
         "AWS_SECRET_ACCESS_KEY": who.secret_key,
         "AWS_DEFAULT_REGION": REGION,
+        # Never share a token cache with the developer running the tests.
+        "XDG_CACHE_HOME": str(CACHE_DIR),
     }
     return subprocess.Popen(
         [str(BIN / "kmsctl"), *args],

@@ -31,7 +31,7 @@ FORBIDDEN_OPERATIONS = frozenset(
 )
 
 # One retry layer (botocore's), explicit: a few quick attempts, then the caller sees a 502.
-_AWS_CONFIG = AioConfig(
+AWS_CONFIG = AioConfig(
     retries={"max_attempts": 3, "mode": "standard"},
     connect_timeout=5,
     read_timeout=15,
@@ -171,7 +171,7 @@ async def secrets_writer(settings: Settings) -> AsyncIterator[SecretsWriter]:
         "secretsmanager",
         region_name=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,
-        config=_AWS_CONFIG,
+        config=AWS_CONFIG,
     ) as client:
         guard(client)
         yield SecretsWriter(client, settings.sm_recovery_window_days)

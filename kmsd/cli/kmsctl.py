@@ -473,6 +473,17 @@ def cmd_access_list(c: Client, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_iam_policy(c: Client, args: argparse.Namespace) -> None:
+    if args.target == "server":
+        doc = c.call("GET", "/v1/iam-policy/server")
+    else:
+        if not args.path:
+            raise CliError("iam-policy app needs PATH (namespace/application[/child...])")
+        query = urlencode([("source_cidr", cidr) for cidr in args.source_cidr or []])
+        doc = c.call("GET", f"/v1/iam-policy/app/{_q(args.path)}" + (f"?{query}" if query else ""))
+    print(json.dumps(doc, indent=2))
+
+
 def _add_access_verbs(sub: Subparsers) -> None:
     access = sub.add_parser("access", help="bindings: who may do what under which path")
     asub = access.add_subparsers(dest="verb", required=True)
@@ -578,6 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_secret_verbs(sub)
     _add_audit_verbs(sub)
     _add_access_verbs(sub)
+    p = sub.add_parser("iam-policy", help="least-privilege IAM policies (JSON)")
+    p.add_argument("target", choices=("app", "server"))
+    p.add_argument("path", nargs="?", help="for app: namespace/application[/child...]")
+    p.add_argument("--source-cidr", action="append", help="hosts' networks (aws:SourceIp)")
+    p.add_argument("--output", choices=("json",), default="json")
+    p.set_defaults(func=cmd_iam_policy)
     read_verb(sub.add_parser("whoami", help="your principal and its bindings")).set_defaults(
         func=cmd_whoami
     )

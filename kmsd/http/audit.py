@@ -43,6 +43,8 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/bindings"): "binding.list",
     ("POST", "/v1/bindings"): "binding.grant",
     ("DELETE", "/v1/bindings/{id}"): "binding.revoke",
+    ("GET", "/v1/iam-policy/app/{path}"): "iam_policy.app",
+    ("GET", "/v1/iam-policy/server"): "iam_policy.server",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
 }

@@ -19,7 +19,7 @@ from kmsd.domain.audit import ChainedRow
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
 from kmsd.errors import InvalidInput, NotFound, PayloadTooLarge
-from kmsd.http import access
+from kmsd.http import access, iam
 from kmsd.http.access import authorize
 from kmsd.http.auth import login
 from kmsd.http.common import flag, json_body, json_response
@@ -307,6 +307,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/effective/{path:.+}", effective)
     app.router.add_post("/v1/watch", watch)
     app.router.add_get("/v1/adoption/{path:.+}", adoption)
+    app.router.add_get("/v1/iam-policy/app/{path:.+}", iam.app)
+    app.router.add_get("/v1/iam-policy/server", iam.server)
     app.router.add_get("/v1/audit", audit_list)
     app.router.add_post("/v1/audit/verify", audit_verify)
     app.router.add_get("/healthz", healthz)

@@ -1,0 +1,129 @@
+"""Least-privilege IAM policies (pure): for an application's hosts, and for kmsd itself.
+
+Hosts read values straight from AWS, so their policy is where "who may read this secret" is
+finally enforced. It allows ``secretsmanager:GetSecretValue`` on exactly the secrets in the
+application's effective sets, only for the staging labels it may use (the agent passes the
+stage with the version id, so the ``secretsmanager:VersionStage`` key is present), only from
+the given networks, and ``kms:Decrypt`` on its CMKs with the encryption context kmsd uses.
+
+kmsd's own policy is the mirror image: it may create, version, label, describe, tag and delete
+secrets under its prefix and make KMS data keys *without* plaintext - and nothing that reads a
+value (``FORBIDDEN_ACTIONS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+VERSION = "2012-10-17"
+# SM staging labels per kmsd stage; revoked versions carry a label nobody is allowed to read.
+STAGE_LABELS = {"current": "AWSCURRENT", "pending": "AWSPENDING", "previous": "AWSPREVIOUS"}
+OWNER_LABELS = ("AWSCURRENT", "AWSPENDING", "AWSPREVIOUS")
+SERVER_SM_ACTIONS = (
+    "secretsmanager:CreateSecret",
+    "secretsmanager:PutSecretValue",
+    "secretsmanager:UpdateSecretVersionStage",
+    "secretsmanager:DescribeSecret",
+    "secretsmanager:ListSecretVersionIds",
+    "secretsmanager:TagResource",
+    "secretsmanager:DeleteSecret",
+    "secretsmanager:RestoreSecret",
+)
+SERVER_KMS_ACTIONS = ("kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey")
+FORBIDDEN_ACTIONS = frozenset(
+    {
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:BatchGetSecretValue",
+        "secretsmanager:*",
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+        "kms:GenerateDataKeyPair",
+        "kms:ReEncryptFrom",
+        "kms:*",
+        "*",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUse:
+    """A CMK an application decrypts with, and the encryption context kmsd binds to it."""
+
+    key_arn: str
+    context: tuple[tuple[str, str], ...] = ()
+
+
+def app_policy(
+    secret_arns: Iterable[str],
+    *,
+    labels: Sequence[str] = OWNER_LABELS,
+    source_cidrs: Sequence[str] = (),
+    keys: Sequence[KeyUse] = (),
+) -> dict[str, Any]:
+    """The policy an application's hosts need, and nothing more."""
+    network: dict[str, Any] = (
+        {"IpAddress": {"aws:SourceIp": list(source_cidrs)}} if source_cidrs else {}
+    )
+    statements: list[dict[str, Any]] = []
+    arns = sorted(set(secret_arns))
+    if arns:
+        statements.append(
+            {
+                "Sid": "ReadOwnSecretsByStage",
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": arns,
+                "Condition": {
+                    "ForAnyValue:StringEquals": {"secretsmanager:VersionStage": list(labels)},
+                    **network,
+                },
+            }
+        )
+    for i, key in enumerate(sorted(keys, key=lambda k: k.key_arn)):
+        condition: dict[str, Any] = dict(network)
+        if key.context:
+            condition["StringEquals"] = {
+                f"kms:EncryptionContext:{k}": v for k, v in sorted(key.context)
+            }
+        statement: dict[str, Any] = {
+            "Sid": f"DecryptDataKeys{i}",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": [key.key_arn],
+        }
+        if condition:
+            statement["Condition"] = condition
+        statements.append(statement)
+    return {"Version": VERSION, "Statement": statements}
+
+
+def server_policy(
+    *, partition: str, region: str, account: str, sm_prefix: str, cmk_arns: Sequence[str] = ()
+) -> dict[str, Any]:
+    """kmsd's own policy: write secrets under its prefix, never read one."""
+    sm_resource = f"arn:{partition}:secretsmanager:{region}:{account}:secret:{sm_prefix}*"
+    kms_resources = sorted(cmk_arns) or [f"arn:{partition}:kms:{region}:{account}:key/*"]
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "WriteSecretsUnderPrefix",
+                "Effect": "Allow",
+                "Action": list(SERVER_SM_ACTIONS),
+                "Resource": [sm_resource],
+            },
+            {
+                "Sid": "MakeDataKeysWithoutPlaintext",
+                "Effect": "Allow",
+                "Action": list(SERVER_KMS_ACTIONS),
+                "Resource": kms_resources,
+            },
+        ],
+    }
+
+
+def actions_of(policy: dict[str, Any]) -> set[str]:
+    """Every action a policy allows (for checks such as 'no read action')."""
+    return {a for s in policy["Statement"] if s["Effect"] == "Allow" for a in s["Action"]}

@@ -1,0 +1,49 @@
+"""``GET /v1/iam-policy/app/{path}`` and ``GET /v1/iam-policy/server``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from kmsd.aws.identity import own_account
+from kmsd.domain.access import ROOT, parse_cidrs
+from kmsd.domain.iam import app_policy, server_policy
+from kmsd.domain.names import NodePath
+from kmsd.errors import InvalidInput, NotFound
+from kmsd.http.access import authorize
+from kmsd.http.common import json_response
+from kmsd.keys import POOL, SETTINGS
+
+# Secrets an application's hosts may meet: on its chain (application down to the path) and
+# anywhere in the path's subtree (its clusters' own secrets).
+APP_SECRET_ARNS = """
+SELECT DISTINCT s.sm_arn FROM secrets s JOIN nodes n ON n.id = s.node_id
+WHERE n.path = ANY($1::text[]) OR n.path LIKE $2
+"""
+
+
+async def app(request: web.Request) -> web.Response:
+    path = NodePath.parse(request.match_info["path"])
+    if path.is_namespace:
+        raise InvalidInput("name an application (namespace/application[/child...])")
+    await authorize(request, "view", str(path))
+    cidrs = [str(c) for c in parse_cidrs(request.query.getall("source_cidr", []))]
+    pool = request.app[POOL]
+    if await pool.fetchval("SELECT 1 FROM nodes WHERE path = $1", str(path)) is None:
+        raise NotFound(f"node {str(path)!r} does not exist")
+    chain = [str(p) for p in path.ancestors_from_application()]
+    rows = await pool.fetch(APP_SECRET_ARNS, chain, f"{path}/%")
+    return json_response(app_policy([r["sm_arn"] for r in rows], source_cidrs=cidrs))
+
+
+async def server(request: web.Request) -> web.Response:
+    await authorize(request, "view", ROOT)
+    settings = request.app[SETTINGS]
+    partition, account = await own_account(settings)
+    return json_response(
+        server_policy(
+            partition=partition,
+            region=settings.aws_region,
+            account=account,
+            sm_prefix=settings.sm_prefix,
+        )
+    )

@@ -129,6 +129,7 @@ def _log_row(row: ChainedRow) -> None:
         outcome=e.outcome,
         status=e.status,
         audited_request_id=e.request_id,
+        chain_hash=row.hash.hex(),
     )
 
 

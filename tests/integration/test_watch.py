@@ -269,3 +269,43 @@ async def test_snapshot_cache_is_bounded(
     assert hub.evict_idle() == 0
     clock.advance(2)
     assert hub.evict_idle() == 1  # only prod/pay/eu was ever cached
+
+
+async def test_changes_committed_out_of_id_order_are_not_lost(
+    api: Api, client: App, database_url: str
+) -> None:
+    """Transaction A takes a change id, B takes the next one; A must not be skipped."""
+    from kmsd.db import store
+    from kmsd.db.changes import record_change
+
+    version = await _tree(api)
+    waiting = asyncio.create_task(poll(api, "prod/pay/us/blue", version))
+    await eventually(lambda: held(client) == 1)
+    a, b = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        tx_a = a.transaction()
+        await tx_a.start()
+        node = await a.fetchrow(store.GET_NODE, "prod/pay/us/blue")
+        await a.execute(store.BUMP_NODE, node["id"])
+        await record_change(a, "prod/pay/us/blue")
+
+        async def other_change() -> None:
+            async with b.transaction():
+                await record_change(b, "prod/pay/eu")
+
+        later = asyncio.create_task(other_change())
+        waiting_for_lock = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        # Either B queues behind A (ids commit in order) or - without the lock - commits first.
+        async with asyncio.timeout(10):
+            while not later.done() and await a.fetchval(waiting_for_lock) == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        await tx_a.commit()
+        await later
+    finally:
+        await a.close()
+        await b.close()
+    status, doc = await asyncio.wait_for(waiting, 10)
+    assert status == 200
+    assert doc["path_version"] > version

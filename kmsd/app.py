@@ -19,7 +19,7 @@ from kmsd.db.audit import AuditWriter
 from kmsd.db.bindings import BindingsCache
 from kmsd.db.migrate import migrate
 from kmsd.db.sessions import SessionCache
-from kmsd.http import access, audit, auth, middleware
+from kmsd.http import audit, auth, middleware
 from kmsd.http.routes import setup_routes
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
@@ -131,21 +131,13 @@ def create_app(
     """Build the kmsd application for ``settings``."""
     app = web.Application(
         client_max_size=CLIENT_MAX_SIZE,
-        # Order: client_address first (everything after logs and judges the resolved
-        # address); access_log (sees the final status and duration); audit (the outcome
-        # row, so it must see the status errors produced); errors (KmsError -> problem+json,
-        # auth failures included); the global CIDR allowlist; bearer auth (with the token's
-        # IP binding); then the attempt row of a change, written
-        # once the caller is known and before the handler can change anything.
-        middlewares=[
-            access.client_address,
-            middleware.access_log,
-            audit.audit,
-            middleware.errors,
-            access.allowlist,
-            auth.bearer,
-            audit.audit_attempt,
-        ],
+        # Order: access_log outermost (resolves the client address, sees the final status
+        # and duration); audit (the outcome row, so it must see the status that errors
+        # produced); errors (KmsError -> problem+json, auth failures included); gate (the
+        # global CIDR allowlist, bearer auth with the token's IP binding, then the attempt
+        # row of a change, written once the caller is known and before anything changes).
+        # Few on purpose: every middleware frame stays alive for the whole hold of a poll.
+        middlewares=[middleware.access_log, audit.audit, middleware.errors, auth.gate],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,8 @@ from kmsd.logs import configure
 
 log = structlog.get_logger("kmsd")
 
+LISTEN_BACKLOG = 4096
+
 
 async def serve_until_signalled(
     settings: Settings, on_ready: Callable[[], Awaitable[None] | None] | None = None
@@ -31,7 +34,14 @@ async def serve_until_signalled(
         create_app(settings), access_log=None, handle_signals=False, handler_cancellation=True
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+    # Everything built so far (modules, botocore's service models, the app) lives as long as
+    # the process: take it out of the collector's sight, so that full collections with
+    # 10,000 held polls scan only what the polls allocate (bench/README.md: 0.4 s pauses).
+    gc.collect()
+    gc.freeze()
+    # A fleet reconnecting after a restart arrives at once; the default backlog (128) drops
+    # connects and costs each dropped client a one-second SYN retry.
+    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=LISTEN_BACKLOG)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from kmsd.db import bindings as bindings_db
 from kmsd.domain.access import (
@@ -29,16 +28,15 @@ from kmsd.http.common import AUDIT_TARGET, CLIENT_IP, json_body, json_response, 
 from kmsd.keys import BINDINGS, POOL, SETTINGS
 
 
-@web.middleware
-async def client_address(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the caller's address once (X-Forwarded-For only from trusted proxies)."""
+def resolve_client_address(request: web.Request) -> str:
+    """Resolve and remember the caller's address (X-Forwarded-For only from trusted proxies)."""
     ip = client_ip(
         request.remote,
         request.headers.get("X-Forwarded-For"),
         request.app[SETTINGS].trusted_proxies,
     )
-    request[CLIENT_IP] = str(ip) if ip is not None else (request.remote or "")
-    return await handler(request)
+    request[CLIENT_IP] = address = str(ip) if ip is not None else (request.remote or "")
+    return address
 
 
 def caller_ip(request: web.Request) -> IpAddress | None:
@@ -48,13 +46,11 @@ def caller_ip(request: web.Request) -> IpAddress | None:
         return None
 
 
-@web.middleware
-async def allowlist(request: web.Request, handler: Handler) -> web.StreamResponse:
+def check_allowlist(request: web.Request) -> None:
     """Refuse API calls from outside ``KMSD_ALLOWED_CIDRS`` (when set)."""
     allowed = request.app[SETTINGS].allowed_cidrs
     if allowed and request.path.startswith("/v1/") and not ip_in(caller_ip(request), allowed):
         raise Forbidden(f"calls from {request[CLIENT_IP]} are not allowed (KMSD_ALLOWED_CIDRS)")
-    return await handler(request)
 
 
 async def authorize(request: web.Request, needed: str, path: str) -> Principal:

@@ -98,12 +98,10 @@ async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-@web.middleware
-async def audit_attempt(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def write_attempt(request: web.Request) -> None:
     """The attempt row of a change, once the caller is known and before anything changes."""
     if request.method != "GET" and _action(request) not in _NOT_CHANGES:
         try:
             await request.app[AUDIT].write(_entry(request, 0, "attempt"))
         except AuditUnavailable:
             raise Unavailable(FAIL_CLOSED) from None
-    return await handler(request)

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from kmsd.errors import KmsError, MethodNotAllowed, NotFound, PayloadTooLarge
+from kmsd.http.access import resolve_client_address
 from kmsd.http.common import PRINCIPAL, REQUEST_ID
 from kmsd.keys import METRICS
 
@@ -41,9 +42,10 @@ def problem_response(err: KmsError, request_id: str) -> web.Response:
 
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id, then write one line per request (never a body)."""
+    """Bind a request id and the client address, then write one line per request."""
     request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    remote = resolve_client_address(request)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
@@ -64,7 +66,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             status=status,
             duration_ms=round(duration * 1000, 2),
             principal=who.arn if who else None,
-            remote=request.remote,
+            remote=remote,
         )
         metrics = request.app[METRICS]
         metrics.requests.labels(request.method, route, str(status)).inc()

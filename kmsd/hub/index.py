@@ -90,6 +90,7 @@ class WaiterIndex:
         self._by_path: dict[str, set[Waiter]] = {}
         self._paths = PrefixSet()
         self._deadlines: list[tuple[float, int, Waiter]] = []
+        self._answered_in_heap = 0
         self._seq = itertools.count()
 
     def __len__(self) -> int:
@@ -106,14 +107,21 @@ class WaiterIndex:
 
     def remove(self, waiter: Waiter) -> None:
         """Forget a waiter (answered, timed out or gone); idempotent."""
+        if self._unregister(waiter):
+            self._answered_in_heap += 1  # its heap entry stays until popped or compacted
+            self._compact()
+
+    def _unregister(self, waiter: Waiter) -> bool:
+        """Take a waiter off its path; return whether it was registered."""
         waiter.done = True
         waiters = self._by_path.get(waiter.path)
         if waiters is None or waiter not in waiters:
-            return
+            return False
         waiters.discard(waiter)
         if not waiters:
             del self._by_path[waiter.path]
             self._paths.discard(waiter.path)
+        return True
 
     def paths_under(self, prefix: str) -> set[str]:
         """Watched paths equal to ``prefix`` or below it."""
@@ -129,14 +137,28 @@ class WaiterIndex:
         """Waiters of ``path`` holding a version older than ``version``."""
         return [w for w in self._by_path.get(path, ()) if w.version < version]
 
+    def _compact(self) -> None:
+        """Drop answered waiters from the heap once they are most of it.
+
+        Lazy deletion alone keeps an answered poll's entry (and the poll's objects) until its
+        deadline, up to the maximum hold: a fleet woken every few seconds would pile them up.
+        """
+        heap = self._deadlines
+        if len(heap) > 1024 and self._answered_in_heap * 2 > len(heap):
+            self._deadlines = [entry for entry in heap if not entry[2].done]
+            heapq.heapify(self._deadlines)
+            self._answered_in_heap = 0
+
     def expire(self, now: float) -> list[Waiter]:
         """Remove and return the waiters whose deadline is at or before ``now``."""
         due: list[Waiter] = []
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             _, _, waiter = heapq.heappop(heap)
-            if not waiter.done:
-                self.remove(waiter)
+            if waiter.done:
+                self._answered_in_heap -= 1
+            else:
+                self._unregister(waiter)
                 due.append(waiter)
         return due
 
@@ -145,14 +167,16 @@ class WaiterIndex:
         heap = self._deadlines
         while heap and heap[0][2].done:
             heapq.heappop(heap)
+            self._answered_in_heap -= 1
         return heap[0][0] if heap else None
 
     def drain(self) -> list[Waiter]:
         """Remove and return every waiter (shutdown)."""
         everyone = [w for ws in self._by_path.values() for w in ws]
         for waiter in everyone:
-            self.remove(waiter)
+            self._unregister(waiter)
         self._deadlines.clear()
+        self._answered_in_heap = 0
         return everyone
 
     def remove_all(self, waiters: Iterable[Waiter]) -> None:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from kmsd.db.audit import AuditUnavailable
 from kmsd.domain.audit import AuditEntry, outcome_of
@@ -22,8 +21,8 @@ from kmsd.http.common import (
     CLIENT_IP,
     PRINCIPAL,
     REQUEST_ID,
+    problem_response,
 )
-from kmsd.http.middleware import problem_response
 from kmsd.keys import AUDIT, CLOCK, SETTINGS
 
 # (method, route) -> action. Routes not listed are audited as "unknown".
@@ -86,10 +85,8 @@ async def audit_now(request: web.Request, status: int = 200) -> None:
     request[AUDITED] = True
 
 
-@web.middleware
-async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The outcome row. Sits outside the error mapping so that it sees every final status."""
-    response = await handler(request)
+async def audit_outcome(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Write the outcome row of an API call; answer 503 instead if it cannot be written."""
     if request.path.startswith("/v1/") and not request.get(AUDITED):
         try:
             await request.app[AUDIT].write(_entry(request, response.status))

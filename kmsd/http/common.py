@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from kmsd.domain.signin import Principal
-from kmsd.errors import InvalidInput, Unauthenticated, UnsupportedMediaType
+from kmsd.errors import InvalidInput, KmsError, Unauthenticated, UnsupportedMediaType
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -61,3 +61,15 @@ def flag(request: web.Request, name: str) -> bool:
     if raw not in ("true", "false", "1", "0"):
         raise InvalidInput(f"query parameter {name!r} must be true or false")
     return raw in ("true", "1")
+
+
+def problem_response(err: KmsError, request_id: str) -> web.Response:
+    """Render a KmsError as application/problem+json (RFC 9457) with the request id."""
+    body = err.problem()
+    body["request_id"] = request_id
+    return web.Response(
+        body=orjson.dumps(body),
+        status=err.http_status,
+        content_type="application/problem+json",
+        headers=err.headers or None,
+    )

@@ -1,7 +1,7 @@
-"""Middlewares: request id and access log (outermost), then errors to problem+json.
+"""Middlewares: request id and access log (outermost), then errors and the audit row.
 
 Order matters and is set in ``kmsd.app.create_app``: the log middleware must see the status
-that the error middleware produced, so it wraps it.
+that the error mapping produced, so it wraps it.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import time
 import uuid
 
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from kmsd.errors import KmsError, MethodNotAllowed, NotFound, PayloadTooLarge
 from kmsd.http.access import resolve_client_address
-from kmsd.http.common import PRINCIPAL, REQUEST_ID
+from kmsd.http.audit import audit_outcome
+from kmsd.http.common import PRINCIPAL, REQUEST_ID, problem_response
 from kmsd.keys import METRICS
 
 log = structlog.get_logger("kmsd.http")
@@ -27,17 +27,6 @@ _HTTP_ERRORS: dict[int, type[KmsError]] = {
     405: MethodNotAllowed,
     413: PayloadTooLarge,
 }
-
-
-def problem_response(err: KmsError, request_id: str) -> web.Response:
-    body = err.problem()
-    body["request_id"] = request_id
-    return web.Response(
-        body=orjson.dumps(body),
-        status=err.http_status,
-        content_type="application/problem+json",
-        headers=err.headers or None,
-    )
 
 
 @web.middleware
@@ -74,23 +63,28 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 @web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn KmsError into problem+json; anything unexpected into a bare 500."""
+async def outcome(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn errors into problem+json, then write the call's audit row (fail closed).
+
+    One middleware for both, and the audit row written by a plain call after the answer is
+    known: a held poll keeps each middleware's frame alive for the whole hold.
+    """
     request_id = request[REQUEST_ID]
     try:
-        return await handler(request)
+        response = await handler(request)
     except KmsError as err:
-        return problem_response(err, request_id)
+        response = problem_response(err, request_id)
     except web.HTTPException as exc:
         mapped = _HTTP_ERRORS.get(exc.status)
         if mapped is None:
             raise
-        return problem_response(
+        response = problem_response(
             mapped(f"{exc.reason}: {request.method} {request.path}"), request_id
         )
     except Exception:
         log.exception("unhandled_error")
-        return problem_response(KmsError("internal error; quote the request id"), request_id)
+        response = problem_response(KmsError("internal error; quote the request id"), request_id)
+    return await audit_outcome(request, response)
 
 
 def _route(request: web.Request) -> str:

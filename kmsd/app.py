@@ -19,7 +19,7 @@ from kmsd.db.audit import AuditWriter
 from kmsd.db.bindings import BindingsCache
 from kmsd.db.migrate import migrate
 from kmsd.db.sessions import SessionCache
-from kmsd.http import auth, middleware
+from kmsd.http import middleware
 from kmsd.http.routes import setup_routes
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
@@ -132,12 +132,12 @@ def create_app(
     app = web.Application(
         client_max_size=CLIENT_MAX_SIZE,
         # Order: access_log outermost (resolves the client address, sees the final status
-        # and duration); outcome (KmsError -> problem+json, auth failures included, then the
-        # audit row of the outcome, so it sees every final status); gate (the global CIDR
-        # allowlist, bearer auth with the token's IP binding, then the attempt row of a
-        # change, written once the caller is known and before anything changes).
-        # Few on purpose: every middleware frame stays alive for the whole hold of a poll.
-        middlewares=[middleware.access_log, middleware.outcome, auth.gate],
+        # and duration); then outcome, which admits the call (global CIDR allowlist, bearer
+        # auth with the token's IP binding, the attempt row of a change - all before the
+        # handler can change anything), maps KmsError to problem+json and writes the audit
+        # row of the final status. Two on purpose: every middleware frame stays alive for the
+        # whole hold of a poll.
+        middlewares=[middleware.access_log, middleware.outcome],
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 from kmsd.errors import KmsError, MethodNotAllowed, NotFound, PayloadTooLarge
 from kmsd.http.access import resolve_client_address
 from kmsd.http.audit import audit_outcome
+from kmsd.http.auth import admit
 from kmsd.http.common import PRINCIPAL, REQUEST_ID, problem_response
 from kmsd.keys import METRICS
 
@@ -64,13 +65,15 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
 
 @web.middleware
 async def outcome(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn errors into problem+json, then write the call's audit row (fail closed).
+    """Admit the call, run it, turn errors into problem+json, write its audit row.
 
-    One middleware for both, and the audit row written by a plain call after the answer is
-    known: a held poll keeps each middleware's frame alive for the whole hold.
+    Admission (allowlist, sign-in, attempt row) and the audit row are plain calls that finish
+    before or after the hold: a held poll keeps each middleware's frame alive for the whole
+    hold, so there are as few middlewares as possible.
     """
     request_id = request[REQUEST_ID]
     try:
+        await admit(request)
         response = await handler(request)
     except KmsError as err:
         response = problem_response(err, request_id)

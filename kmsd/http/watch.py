@@ -16,6 +16,7 @@ from kmsd.http.audit import audit_now
 from kmsd.http.common import AUDIT_TARGET, CLIENT_IP, json_body, json_response, principal
 from kmsd.hub.adoption import ROWS_OF_PATH, Report
 from kmsd.hub.hub import TIMEOUT, Snapshot
+from kmsd.hub.index import Waiter
 from kmsd.keys import ADOPTION, CLOCK, HUB, POOL, SETTINGS
 
 # Instances silent for this many maximum holds are reported stale: a live agent renews its poll
@@ -50,7 +51,14 @@ async def watch(request: web.Request) -> web.StreamResponse:
             seen_at=request.app[CLOCK].now(),
         )
     )
-    outcome = await hub.watch(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)
+    parked = await hub.park(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)
+    if isinstance(parked, Waiter):
+        try:
+            outcome = await parked.handle
+        finally:
+            hub.release(parked)
+    else:
+        outcome = parked
     if outcome is TIMEOUT:
         return web.Response(status=304)
     if not isinstance(outcome, Snapshot):

@@ -98,6 +98,7 @@ class Hub:
         self._cache: dict[str, _CacheEntry] = {}
         self._cached = PrefixSet()
         self._closing = False
+        metrics.held_polls.set_function(lambda: len(self._index))
 
     # -- polls -------------------------------------------------------------------------------
 
@@ -122,8 +123,13 @@ class Hub:
             return None  # not cached: unknown paths must not grow the cache
         return self._store(key, loaded)
 
-    async def watch(self, path: NodePath, version: int, hold: float) -> Outcome:
-        """Wait up to ``hold`` seconds for ``path`` to move past ``version``."""
+    async def park(self, path: NodePath, version: int, hold: float) -> Outcome | Waiter:
+        """Answer at once, or register a poll and return its Waiter.
+
+        The caller awaits ``waiter.handle`` (an Outcome, or ShuttingDown raised) and then calls
+        ``release``. Parking returns instead of awaiting so that no frame of the hub stays
+        alive for the whole hold: with 10,000 held polls every frame counts.
+        """
         if self._closing:
             raise ShuttingDown(retry_after=self._retry_after())
         if hold <= 0:
@@ -132,15 +138,19 @@ class Hub:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         waiter = Waiter(str(path), version, self._clock.monotonic() + hold, future)
         self._index.add(waiter)
-        self._metrics.held_polls.inc()
         try:
             snap = await self.snapshot(path)  # after registering: see the module docstring
-            if snap is None or snap.version > version:
-                return snap
-            return await future
-        finally:
-            self._index.remove(waiter)
-            self._metrics.held_polls.dec()
+        except BaseException:
+            self.release(waiter)
+            raise
+        if snap is None or snap.version > version:
+            self.release(waiter)
+            return snap
+        return waiter
+
+    def release(self, waiter: Waiter) -> None:
+        """Forget a parked poll (answered, timed out, or its client gone); idempotent."""
+        self._index.remove(waiter)
 
     # -- changes -----------------------------------------------------------------------------
 

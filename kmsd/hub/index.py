@@ -91,10 +91,11 @@ class WaiterIndex:
         self._paths = PrefixSet()
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._answered_in_heap = 0
+        self._count = 0
         self._seq = itertools.count()
 
     def __len__(self) -> int:
-        return sum(len(ws) for ws in self._by_path.values())
+        return self._count
 
     def add(self, waiter: Waiter) -> None:
         """Register a waiter."""
@@ -102,6 +103,8 @@ class WaiterIndex:
         if waiters is None:
             waiters = self._by_path[waiter.path] = set()
             self._paths.add(waiter.path)
+        if waiter not in waiters:
+            self._count += 1
         waiters.add(waiter)
         heapq.heappush(self._deadlines, (waiter.deadline, next(self._seq), waiter))
 
@@ -118,6 +121,7 @@ class WaiterIndex:
         if waiters is None or waiter not in waiters:
             return False
         waiters.discard(waiter)
+        self._count -= 1
         if not waiters:
             del self._by_path[waiter.path]
             self._paths.discard(waiter.path)

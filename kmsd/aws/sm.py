@@ -1,4 +1,4 @@
-"""Secrets Manager writes, through aiobotocore, with the read operations refused."""
+"""Secrets Manager writes (through the guarded client of ``kmsd.aws.clients``)."""
 
 from __future__ import annotations
 
@@ -8,52 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kmsd.aws.clients import aws_client
 from kmsd.config import Settings
 from kmsd.errors import Conflict, UpstreamError
 
 log = structlog.get_logger(__name__)
-
-# kmsd must never hold a secret value. These calls are refused by an event hook on every client
-# this module builds, before the request is signed or sent.
-FORBIDDEN_OPERATIONS = frozenset(
-    {
-        "secretsmanager.GetSecretValue",
-        "secretsmanager.BatchGetSecretValue",
-        "kms.Decrypt",
-        "kms.GenerateDataKey",
-        "kms.GenerateDataKeyPair",
-        "kms.ReEncrypt",
-    }
-)
-
-# One retry layer (botocore's), explicit: a few quick attempts, then the caller sees a 502.
-AWS_CONFIG = AioConfig(
-    retries={"max_attempts": 3, "mode": "standard"},
-    connect_timeout=5,
-    read_timeout=15,
-)
-
-
-class ForbiddenOperation(RuntimeError):
-    """A code path tried to read a secret value through kmsd's own AWS client."""
-
-
-def _refuse(model: Any, **_: Any) -> None:
-    raise ForbiddenOperation(f"kmsd never calls {model.name}: it holds no secret values")
-
-
-def guard(client: Any) -> None:
-    """Install the refusal hook on ``client`` for its service's forbidden operations."""
-    model = client.meta.service_model
-    for op in FORBIDDEN_OPERATIONS:
-        service, _, name = op.partition(".")
-        if service == model.service_name:
-            event = f"before-call.{model.service_id.hyphenize()}.{name}"
-            client.meta.events.register(event, _refuse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +126,6 @@ def _upstream(what: str, sm_name: str, exc: ClientError) -> UpstreamError:
 
 @asynccontextmanager
 async def secrets_writer(settings: Settings) -> AsyncIterator[SecretsWriter]:
-    """Build kmsd's SM client from the ambient credentials, guarded, for the app's lifetime."""
-    session = get_session()
-    async with session.create_client(
-        "secretsmanager",
-        region_name=settings.aws_region,
-        endpoint_url=settings.aws_endpoint_url,
-        config=AWS_CONFIG,
-    ) as client:
-        guard(client)
+    """kmsd's SM writer, on a guarded client, for the app's lifetime."""
+    async with aws_client("secretsmanager", settings) as client:
         yield SecretsWriter(client, settings.sm_recovery_window_days)

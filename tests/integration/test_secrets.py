@@ -13,7 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from kmsd import writes
-from kmsd.aws.sm import ForbiddenOperation, secrets_writer
+from kmsd.aws.clients import ForbiddenOperation, aws_client
+from kmsd.aws.sm import secrets_writer
 from kmsd.config import Settings
 from kmsd.domain.names import NodePath
 from tests.conftest import free_port
@@ -263,7 +264,38 @@ async def test_reconcile_leaves_young_intents_alone(
     assert await db.fetchval("SELECT count(*) FROM sm_outbox") == 1
 
 
-async def test_kmsd_sm_client_refuses_to_read_values(settings: Settings) -> None:
-    async with secrets_writer(settings) as sm:
+@pytest.mark.parametrize(
+    ("service", "call", "kwargs"),
+    [
+        ("secretsmanager", "get_secret_value", {"SecretId": "anything"}),
+        ("secretsmanager", "batch_get_secret_value", {"SecretIdList": ["anything"]}),
+        ("secretsmanager", "list_secrets", {}),
+        ("kms", "decrypt", {"CiphertextBlob": b"x" * 32}),
+        ("kms", "generate_data_key", {"KeyId": "alias/x", "KeySpec": "AES_256"}),
+        ("kms", "re_encrypt", {"CiphertextBlob": b"x" * 32, "DestinationKeyId": "alias/x"}),
+        (
+            "sts",
+            "assume_role",
+            {"RoleArn": "arn:aws:iam::123456789012:role/x", "RoleSessionName": "session"},
+        ),
+    ],
+)
+async def test_kmsd_clients_refuse_everything_outside_the_allowlist(
+    settings: Settings, service: str, call: str, kwargs: dict[str, Any]
+) -> None:
+    async with aws_client(service, settings) as client:
         with pytest.raises(ForbiddenOperation):
-            await sm._sm.get_secret_value(SecretId="anything")
+            await getattr(client, call)(**kwargs)
+
+
+async def test_allowed_operations_still_work(settings: Settings, sm_client: Any) -> None:
+    name = settings.sm_prefix + "guard-check"
+    sm_client.create_secret(Name=name, SecretString='{"a": "b"}')
+    async with aws_client("secretsmanager", settings) as client:
+        assert (await client.describe_secret(SecretId=name))["Name"] == name
+
+
+async def test_no_client_for_services_kmsd_does_not_use(settings: Settings) -> None:
+    with pytest.raises(ForbiddenOperation):
+        async with aws_client("s3", settings):
+            pass

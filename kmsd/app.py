@@ -19,6 +19,7 @@ from kmsd.db.audit import AuditWriter
 from kmsd.db.bindings import BindingsCache
 from kmsd.db.migrate import migrate
 from kmsd.db.sessions import SessionCache
+from kmsd.domain.profile import load_profile
 from kmsd.http import middleware
 from kmsd.http.routes import setup_routes
 from kmsd.hub.adoption import AdoptionBuffer
@@ -33,6 +34,7 @@ from kmsd.keys import (
     HUB,
     METRICS,
     POOL,
+    PROFILE,
     SESSIONS,
     SETTINGS,
     SM,
@@ -143,6 +145,7 @@ def create_app(
     app[METRICS] = Metrics()
     app[CLOCK] = clock or SystemClock()
     app[SESSIONS] = SessionCache()
+    app[PROFILE] = load_profile(settings.security_profile)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_aws)
     app.cleanup_ctx.append(_audit)

@@ -54,6 +54,7 @@ class Settings:
     trusted_proxies: tuple[IpNetwork, ...] = ()
     allowed_cidrs: tuple[IpNetwork, ...] = ()
     bind_token_ip: bool = True
+    security_profile: str | None = None  # path of a TOML profile; None: the shipped default
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -104,6 +105,7 @@ class Settings:
             trusted_proxies=_cidrs(env.get("KMSD_TRUSTED_PROXIES", ""), "KMSD_TRUSTED_PROXIES"),
             allowed_cidrs=_cidrs(env.get("KMSD_ALLOWED_CIDRS", ""), "KMSD_ALLOWED_CIDRS"),
             bind_token_ip=_bool(env.get("KMSD_BIND_TOKEN_IP", "true"), "KMSD_BIND_TOKEN_IP"),
+            security_profile=env.get("KMSD_SECURITY_PROFILE") or None,
         )
         if settings.watch_default_hold_s > settings.watch_max_hold_s:
             raise ConfigError("KMSD_WATCH_DEFAULT_HOLD must not exceed KMSD_WATCH_MAX_HOLD")

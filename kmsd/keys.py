@@ -12,6 +12,7 @@ from kmsd.config import Settings
 from kmsd.db.audit import AuditWriter
 from kmsd.db.bindings import BindingsCache
 from kmsd.db.sessions import SessionCache
+from kmsd.domain.profile import Profile
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
@@ -29,3 +30,4 @@ ADOPTION = web.AppKey("adoption", AdoptionBuffer)
 SESSIONS = web.AppKey("sessions", SessionCache)
 AUDIT = web.AppKey("audit", AuditWriter)
 BINDINGS = web.AppKey("bindings", BindingsCache)
+PROFILE = web.AppKey("profile", Profile)

@@ -46,13 +46,16 @@ _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
 _UPSERT_SECRET = """
 INSERT INTO secrets (node_id, name, kind, sm_name, sm_arn, description, tags, created_by,
-                     expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)
+                     expires_at, spec, public_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10::jsonb, $11)
 ON CONFLICT (node_id, name) DO UPDATE
 SET sm_arn = EXCLUDED.sm_arn,
     description = COALESCE(NULLIF(EXCLUDED.description, ''), secrets.description),
     tags = CASE WHEN EXCLUDED.tags = '{}'::jsonb THEN secrets.tags ELSE EXCLUDED.tags END,
     expires_at = COALESCE(EXCLUDED.expires_at, secrets.expires_at),
+    -- a hand-made value replaces a generated one entirely: no stale spec or public key
+    spec = EXCLUDED.spec,
+    public_key = EXCLUDED.public_key,
     updated_at = now()
 RETURNING id
 """
@@ -86,6 +89,8 @@ class PutRequest:
     description: str = ""
     tags: dict[str, str] | None = None
     expires_at: datetime | None = None
+    spec: dict[str, Any] | None = None  # generated secrets: how they were made
+    public_key: str | None = None
 
 
 def sm_name_for(prefix: str, path: NodePath, name: str) -> str:
@@ -164,6 +169,8 @@ def _intent(req: PutRequest, sm_name: str) -> dict[str, Any]:
         "description": req.description,
         "tags": req.tags or {},
         "expires_at": req.expires_at.isoformat() if req.expires_at else None,
+        "spec": req.spec,
+        "public_key": req.public_key,
     }
 
 
@@ -189,6 +196,8 @@ async def _record(
         orjson.dumps(intent["tags"]).decode(),
         intent["created_by"],
         expires,
+        orjson.dumps(intent["spec"]).decode() if intent.get("spec") else None,
+        intent.get("public_key"),
     )
     await conn.execute(_RETIRE_PREVIOUS, secret_id)
     await conn.execute(_DEMOTE_CURRENT, secret_id)

@@ -25,6 +25,7 @@ from kmsd.cli.client import (
     quote_path,
     save_cached_token,
 )
+from kmsd.domain.profile import USES
 
 
 def _print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
@@ -97,6 +98,24 @@ def cmd_secret_put(c: Client, args: argparse.Namespace) -> None:
     doc = c.call("PUT", f"/v1/secrets/{quote_path(args.path)}/{quote_path(args.name)}", body)
     verb = "created" if doc["created"] else "new version of"
     print(f"{verb} {doc['path']}/{doc['name']} ({doc['kind']}): version {doc['version_id']}")
+
+
+def cmd_secret_generate(c: Client, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"use": args.use}
+    for field, value in (
+        ("algorithm", args.algorithm),
+        ("length", args.length),
+        ("lifetime_days", args.lifetime),
+    ):
+        if value is not None:
+            body[field] = value
+    doc = c.call("POST", f"/v1/generate/{quote_path(args.path)}/{quote_path(args.name)}", body)
+    spec = doc["generated"]
+    size = f" {spec['size']}" if spec["size"] else ""
+    print(
+        f"generated {doc['path']}/{doc['name']}: {spec['use']} {spec['algorithm']}{size}, "
+        f"version {doc['version_id']}, expires {doc['expires_at']}"
+    )
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -263,6 +282,14 @@ def _add_secret_verbs(sub: Subparsers) -> None:
     p.add_argument("--tag", action="append", help="KEY=VALUE (repeatable)")
     p.add_argument("--expires-at", help="ISO 8601 time with zone")
     p.set_defaults(func=cmd_secret_put)
+    p = ssub.add_parser("generate", help="generate a key by the security profile (to SM only)")
+    p.add_argument("path")
+    p.add_argument("name")
+    p.add_argument("--use", required=True, choices=USES)
+    p.add_argument("--algorithm", help="one the profile allows for the use (default: its first)")
+    p.add_argument("--length", type=int, help="bits (RSA, HMAC) or characters (password)")
+    p.add_argument("--lifetime", type=int, help="days (default and maximum from the profile)")
+    p.set_defaults(func=cmd_secret_generate)
     p = read_verb(ssub.add_parser("show", help="show a secret's metadata and versions"))
     p.add_argument("path")
     p.add_argument("name")

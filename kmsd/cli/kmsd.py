@@ -16,6 +16,7 @@ from aiohttp import web
 from kmsd.app import create_app
 from kmsd.config import DEFAULT_PORT, Settings
 from kmsd.db.migrate import migrate
+from kmsd.domain.profile import load_profile
 from kmsd.errors import ConfigError
 from kmsd.logs import configure
 
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_dev(args.port, args.data_dir)
     try:
         settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"kmsd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        load_profile(settings.security_profile)  # refuse to start on a broken profile
     except ConfigError as exc:
         print(f"kmsd: {exc}", file=sys.stderr)
         return 2

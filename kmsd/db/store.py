@@ -46,7 +46,8 @@ ORDER BY s.node_id, s.name, v.created_at
 """
 GET_SECRET = """
 SELECT s.id, s.name, s.kind, s.sm_name, s.sm_arn, s.description, s.tags::text AS tags,
-       s.created_by, s.created_at, s.updated_at, s.expires_at
+       s.created_by, s.created_at, s.updated_at, s.expires_at, s.spec::text AS spec,
+       s.public_key
 FROM secrets s WHERE s.node_id = $1 AND s.name = $2
 """
 SECRET_VERSIONS = """

@@ -36,6 +36,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("PUT", "/v1/secrets/{ref}"): "secret.put",
     ("GET", "/v1/secrets/{ref}"): "secret.read",
     ("DELETE", "/v1/secrets/{ref}"): "secret.delete",
+    ("POST", "/v1/generate/{ref}"): "secret.generate",
     ("GET", "/v1/effective/{path}"): "effective.read",
     ("POST", "/v1/watch"): "watch",
     ("GET", "/v1/adoption/{path}"): "adoption.read",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,8 +24,10 @@ from kmsd.http.access import authorize
 from kmsd.http.auth import login
 from kmsd.http.common import flag, json_body, json_response
 from kmsd.http.watch import adoption, watch
-from kmsd.keys import METRICS, POOL, SETTINGS, SM
+from kmsd.keygen import generate
+from kmsd.keys import CLOCK, METRICS, POOL, PROFILE, SETTINGS, SM
 
+GENERATE_FIELDS = frozenset({"use", "algorithm", "length", "lifetime_days", "description"})
 PUT_SECRET_FIELDS = frozenset({"kind", "value", "value_b64", "description", "tags", "expires_at"})
 # Secrets Manager refuses SecretString/SecretBinary over 65,536 bytes.
 SM_MAX_VALUE_BYTES = 65536
@@ -103,6 +105,45 @@ async def put_secret(request: web.Request) -> web.Response:
     return json_response(result, status=201 if result["created"] else 200)
 
 
+async def generate_secret(request: web.Request) -> web.Response:
+    """Generate a key by the security profile, store it in SM, keep only metadata."""
+    path, name = _split_secret(request.match_info["ref"])
+    who = await authorize(request, "edit", str(path))
+    doc = await json_body(request, allowed=GENERATE_FIELDS)
+    size = doc.get("length")
+    lifetime = doc.get("lifetime_days")
+    for field, value in (("length", size), ("lifetime_days", lifetime)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidInput(f"{field!r} must be an integer")
+    algorithm = doc.get("algorithm")
+    if algorithm is not None and not isinstance(algorithm, str):
+        raise InvalidInput("'algorithm' must be a string")
+    spec = request.app[PROFILE].check(str(doc.get("use", "")), algorithm, size, lifetime)
+    now = request.app[CLOCK].now()
+    expires_at = now + timedelta(days=spec.lifetime_days)
+    # RSA generation takes tens of milliseconds to seconds: off the event loop.
+    key = await asyncio.get_running_loop().run_in_executor(None, generate, spec, now)
+    put = writes.PutRequest(
+        path=path,
+        name=name,
+        kind="json",
+        value=orjson.dumps(key.document, option=orjson.OPT_SORT_KEYS).decode(),
+        created_by=who.arn,
+        description=_description(doc),
+        expires_at=expires_at,
+        spec=spec.as_dict(),
+        public_key=key.public_key_pem,
+    )
+    del key  # from here on only the write request holds the value, until SM has it
+    result = await asyncio.shield(
+        writes.put_secret(request.app[POOL], request.app[SM], request.app[SETTINGS].sm_prefix, put)
+    )
+    return json_response(
+        {**result, "generated": spec.as_dict(), "expires_at": expires_at.isoformat()},
+        status=201 if result["created"] else 200,
+    )
+
+
 async def get_secret(request: web.Request) -> web.Response:
     path, name = _split_secret(request.match_info["ref"])
     await authorize(request, "view", str(path))
@@ -124,6 +165,8 @@ async def get_secret(request: web.Request) -> web.Response:
             "created_at": store.iso(row["created_at"]),
             "updated_at": store.iso(row["updated_at"]),
             "expires_at": store.iso(row["expires_at"]),
+            "generated": orjson.loads(row["spec"]) if row["spec"] else None,
+            "public_key_pem": row["public_key"],
             "versions": versions,
         }
     )
@@ -303,6 +346,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/nodes/{path:.+}", delete_node)
     app.router.add_put("/v1/secrets/{ref:.+}", put_secret)
     app.router.add_get("/v1/secrets/{ref:.+}", get_secret)
+    app.router.add_post("/v1/generate/{ref:.+}", generate_secret)
     app.router.add_delete("/v1/secrets/{ref:.+}", delete_secret)
     app.router.add_get("/v1/effective/{path:.+}", effective)
     app.router.add_post("/v1/watch", watch)

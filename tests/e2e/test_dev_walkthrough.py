@@ -129,7 +129,9 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
     assert cache.stat().st_mode & 0o777 == 0o600
     assert "kmsd-dev-operator (bootstrap admin)" in out
     blue = out.split("prod/payments/us-east-1/blue  path_version=")[1]
-    rows = {line.split()[0]: line.split() for line in blue.splitlines()[2:5]}
+    table = blue.splitlines()[2:]
+    rows = {line.split()[0]: line.split() for line in table[: table.index("{")]}
+    assert set(rows) == {"api-key", "db", "session-signing", "tls"}
     assert rows["db"][2] == "prod/payments/us-east-1"
     assert rows["db"][4] == "prod/payments"  # the override names what it shadows
     assert rows["api-key"][2] == "prod/payments"

@@ -1,0 +1,179 @@
+"""The security-standard profile (pure): what a generated key may be, per use.
+
+A request names a use and optionally an algorithm, a size and a lifetime; ``Profile.check``
+fills in the defaults and refuses anything outside the profile with the rule it breaks, so an
+engineer never has to know the standard to follow it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kmsd.errors import ConfigError, InvalidInput
+
+USES = (
+    "storage-encryption",
+    "transport-encryption",
+    "key-agreement",
+    "signing",
+    "mac",
+    "password",
+)
+# Algorithms kmsd can generate, and which size parameter (if any) they take.
+SIZED = {"RSA-PSS": "bits", "HMAC-SHA256": "bits", "HMAC-SHA512": "bits", "password": "length"}
+KNOWN = frozenset(
+    {
+        "AES-256-GCM",
+        "ChaCha20-Poly1305",
+        "X25519",
+        "ECDH-P256",
+        "ECDH-P384",
+        "Ed25519",
+        "ECDSA-P256",
+        "ECDSA-P384",
+        "RSA-PSS",
+        "HMAC-SHA256",
+        "HMAC-SHA512",
+        "password",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """A checked request: everything needed to generate the key."""
+
+    use: str
+    algorithm: str
+    size: int | None  # bits for RSA/HMAC, characters for passwords, None when fixed
+    lifetime_days: int
+    alphabet: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "use": self.use,
+            "algorithm": self.algorithm,
+            "size": self.size,
+            "lifetime_days": self.lifetime_days,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UseRule:
+    algorithms: tuple[str, ...]
+    max_lifetime_days: int
+    default_lifetime_days: int
+    min_size: int | None = None
+    max_size: int | None = None
+    default_size: int | None = None
+    alphabet: str = ""
+
+
+class Profile:
+    def __init__(self, rules: Mapping[str, UseRule]) -> None:
+        self.rules = dict(rules)
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "profile") -> Profile:
+        """Parse and validate a profile; a broken one stops kmsd at start-up."""
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+        rules: dict[str, UseRule] = {}
+        for use, raw in doc.items():
+            if use not in USES:
+                raise ConfigError(f"{source}: unknown use {use!r} (uses: {', '.join(USES)})")
+            rules[use] = _rule(use, raw, source)
+        missing = [u for u in USES if u not in rules]
+        if missing:
+            raise ConfigError(f"{source}: no rules for {', '.join(missing)}")
+        return cls(rules)
+
+    def check(
+        self,
+        use: str,
+        algorithm: str | None = None,
+        size: int | None = None,
+        lifetime_days: int | None = None,
+    ) -> KeySpec:
+        """Return the full spec for a request, or raise InvalidInput naming the broken rule."""
+        rule = self.rules.get(use)
+        if rule is None:
+            raise InvalidInput(f"unknown use {use!r}; uses are {', '.join(USES)}")
+        algorithm = algorithm or rule.algorithms[0]
+        if algorithm not in rule.algorithms:
+            raise InvalidInput(
+                f"{algorithm!r} is not allowed for {use}: the profile allows "
+                f"{', '.join(rule.algorithms)}",
+                rule=f"{use}.algorithms",
+            )
+        if algorithm in SIZED:
+            size = rule.default_size if size is None else size
+            assert rule.min_size is not None
+            assert rule.max_size is not None
+            unit = "characters" if SIZED[algorithm] == "length" else "bits"
+            if size is None or not rule.min_size <= size <= rule.max_size:
+                raise InvalidInput(
+                    f"{algorithm} for {use} must be {rule.min_size}-{rule.max_size} {unit}, "
+                    f"got {size}",
+                    rule=f"{use}.min_{'length' if unit == 'characters' else 'bits'}",
+                )
+            if algorithm.startswith("HMAC") and size % 8:
+                raise InvalidInput("HMAC key sizes are whole bytes (a multiple of 8 bits)")
+        elif size is not None:
+            raise InvalidInput(f"{algorithm} has a fixed size; leave --length out")
+        lifetime = rule.default_lifetime_days if lifetime_days is None else lifetime_days
+        if not 1 <= lifetime <= rule.max_lifetime_days:
+            raise InvalidInput(
+                f"a {use} key may live at most {rule.max_lifetime_days} days, asked {lifetime}",
+                rule=f"{use}.max_lifetime_days",
+            )
+        return KeySpec(use, algorithm, size, lifetime, rule.alphabet)
+
+
+def _rule(use: str, raw: Any, source: str) -> UseRule:
+    try:
+        algorithms = tuple(raw["algorithms"])
+        unknown = [a for a in algorithms if a not in KNOWN]
+        if unknown or not algorithms:
+            raise ConfigError(f"{source}: {use}: unknown algorithm(s) {unknown}")
+        sized_by = "length" if use == "password" else "bits"
+        rule = UseRule(
+            algorithms=algorithms,
+            max_lifetime_days=int(raw["max_lifetime_days"]),
+            default_lifetime_days=int(raw["default_lifetime_days"]),
+            min_size=raw.get(f"min_{sized_by}"),
+            max_size=raw.get(f"max_{sized_by}"),
+            default_size=raw.get(f"default_{sized_by}"),
+            alphabet=str(raw.get("alphabet", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {use}: missing or malformed setting ({exc})") from None
+    if any(a in SIZED for a in algorithms) and None in (
+        rule.min_size,
+        rule.max_size,
+        rule.default_size,
+    ):
+        raise ConfigError(f"{source}: {use}: needs min_, max_ and default_{sized_by}")
+    if use == "password" and len(set(rule.alphabet)) < 32:
+        raise ConfigError(f"{source}: password alphabet must have at least 32 distinct characters")
+    return rule
+
+
+def load_profile(path: str | None) -> Profile:
+    """Load the profile at ``path``, or the default shipped with kmsd."""
+    from importlib import resources
+
+    if path is None:
+        text = (resources.files("kmsd") / "profiles" / "default.toml").read_text()
+        return Profile.from_toml(text, "default profile")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"KMSD_SECURITY_PROFILE: cannot read {path}: {exc.strerror}") from None
+    return Profile.from_toml(text, path)

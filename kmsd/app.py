@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from kmsd import writes
+from kmsd.aws.clients import aws_client
 from kmsd.aws.sm import secrets_writer
 from kmsd.clock import Clock, SystemClock
 from kmsd.config import Settings
@@ -32,6 +33,7 @@ from kmsd.keys import (
     CLOCK,
     HTTP,
     HUB,
+    KMS,
     METRICS,
     POOL,
     PROFILE,
@@ -69,9 +71,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _aws(app: web.Application) -> AsyncIterator[None]:
-    async with secrets_writer(app[SETTINGS]) as sm, aiohttp.ClientSession() as http:
-        app[SM] = sm
-        app[HTTP] = http
+    async with (
+        secrets_writer(app[SETTINGS]) as sm,
+        aws_client("kms", app[SETTINGS]) as kms,
+        aiohttp.ClientSession() as http,
+    ):
+        app[SM], app[KMS], app[HTTP] = sm, kms, http
         yield
 
 

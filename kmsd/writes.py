@@ -215,7 +215,8 @@ async def delete_secret(pool: asyncpg.Pool, sm: SecretsWriter, path: NodePath, n
         if secret is None:
             raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
         await conn.execute(store.DELETE_SECRET, secret["id"])
-        await conn.execute(store.INSERT_OUTBOX, "delete", secret["sm_name"], None, "{}")
+        if secret["kind"] != "datakey":  # data keys live in PostgreSQL only
+            await conn.execute(store.INSERT_OUTBOX, "delete", secret["sm_name"], None, "{}")
         await conn.execute(store.BUMP_NODE, node["id"])
         await record_change(conn, str(path))
     await drain_deletions(pool, sm)

@@ -118,6 +118,16 @@ def cmd_secret_generate(c: Client, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_datakey_create(c: Client, args: argparse.Namespace) -> None:
+    body = {"cmk": args.cmk, "period_days": args.period}
+    doc = c.call("POST", f"/v1/datakeys/{quote_path(args.path)}/{quote_path(args.name)}", body)
+    verb = "created" if doc["created"] else "new period for"
+    print(
+        f"{verb} {doc['path']}/{doc['name']}: data key {doc['version_id']} under "
+        f"{doc['cmk_arn']} (every {doc['period_days']} days)"
+    )
+
+
 def _pair(text: str) -> tuple[str, str]:
     key, sep, val = text.partition("=")
     if not sep:
@@ -465,6 +475,17 @@ def _add_audit_verbs(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_audit_verify)
 
 
+def _add_datakey_verbs(sub: Subparsers) -> None:
+    datakey = sub.add_parser("datakey", help="KMS data keys (ciphertext only)")
+    dsub = datakey.add_subparsers(dest="verb", required=True)
+    p = dsub.add_parser("create", help="create a data key, or add the next period's key")
+    p.add_argument("path")
+    p.add_argument("name")
+    p.add_argument("--cmk", required=True, help="KMS key id, ARN or alias")
+    p.add_argument("--period", type=int, default=182, help="days between keys (default 182)")
+    p.set_defaults(func=cmd_datakey_create)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmsctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -475,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_verbs(sub)
     _add_secret_verbs(sub)
     _add_audit_verbs(sub)
+    _add_datakey_verbs(sub)
     _add_access_verbs(sub)
     p = sub.add_parser("iam-policy", help="least-privilege IAM policies (JSON)")
     p.add_argument("target", choices=("app", "server"))

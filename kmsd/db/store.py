@@ -33,13 +33,13 @@ SELECT (SELECT count(*) FROM nodes WHERE parent_id = $1) AS children,
 """
 SUBTREE_SECRETS = """
 SELECT s.sm_name FROM secrets s JOIN nodes n ON n.id = s.node_id
-WHERE n.path = $1 OR n.path LIKE $2
+WHERE (n.path = $1 OR n.path LIKE $2) AND s.kind <> 'datakey'
 """
 DELETE_NODE = "DELETE FROM nodes WHERE id = $1"
 BUMP_NODE = "UPDATE nodes SET changed_seq = nextval('kmsd_change_seq') WHERE id = $1"
 SECRETS_OF_NODES = """
-SELECT s.id, s.node_id, s.name, s.kind, s.sm_arn, s.description, s.expires_at,
-       v.version_id, v.stage, v.created_at AS version_created_at
+SELECT s.id, s.node_id, s.name, s.kind, s.sm_arn, s.description, s.expires_at, s.cmk_arn,
+       v.version_id, v.stage, v.created_at AS version_created_at, v.ciphertext
 FROM secrets s JOIN secret_versions v ON v.secret_id = s.id
 WHERE s.node_id = ANY($1::bigint[])
 ORDER BY s.node_id, s.name, v.created_at
@@ -47,7 +47,7 @@ ORDER BY s.node_id, s.name, v.created_at
 GET_SECRET = """
 SELECT s.id, s.name, s.kind, s.sm_name, s.sm_arn, s.description, s.tags::text AS tags,
        s.created_by, s.created_at, s.updated_at, s.expires_at, s.spec::text AS spec,
-       s.public_key
+       s.public_key, s.cmk_arn, s.period_days
 FROM secrets s WHERE s.node_id = $1 AND s.name = $2
 """
 SECRET_VERSIONS = """
@@ -143,7 +143,9 @@ async def load_secrets(conn: Conn, nodes: Sequence[asyncpg.Record]) -> list[Node
     for r in rows:
         secrets = by_node.setdefault(r["node_id"], {})
         entry = secrets.setdefault(r["id"], (r, []))
-        entry[1].append(SecretVersion(r["version_id"], r["stage"], r["version_created_at"]))
+        entry[1].append(
+            SecretVersion(r["version_id"], r["stage"], r["version_created_at"], r["ciphertext"])
+        )
     chain = []
     for n in nodes:
         metas = tuple(
@@ -154,6 +156,7 @@ async def load_secrets(conn: Conn, nodes: Sequence[asyncpg.Record]) -> list[Node
                 versions=tuple(versions),
                 expires_at=r["expires_at"],
                 description=r["description"],
+                cmk_arn=r["cmk_arn"],
             )
             for r, versions in by_node.get(n["id"], {}).values()
         )

@@ -14,6 +14,7 @@ Only versions a client may use are offered: the owner sees ``pending``, ``curren
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import orjson
 
 STAGES = ("pending", "current", "previous", "revoked", "deprecated")
 OWNER_STAGES = frozenset({"pending", "current", "previous"})
-KINDS = ("json", "binary")
+KINDS = ("json", "binary")  # what a value can be written as; "datakey" is made by kmsd
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class SecretVersion:
     version_id: str
     stage: str
     created_at: datetime
+    ciphertext: bytes | None = None  # data keys: the KMS ciphertext blob (not a secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class SecretMeta:
     versions: tuple[SecretVersion, ...]
     expires_at: datetime | None = None
     description: str = ""
+    cmk_arn: str | None = None  # data keys only
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,20 +88,41 @@ def usable_versions(
     )
 
 
+def datakey_context(source: str, name: str) -> dict[str, str]:
+    """The KMS encryption context a data key is bound to (and must be decrypted with)."""
+    return {"kmsd:name": name, "kmsd:path": source}
+
+
 def entry_document(entry: EffectiveEntry) -> dict[str, Any]:
     """Render one entry as the API shows it: metadata and usable version ids, never a value."""
     secret = entry.secret
-    return {
+    doc: dict[str, Any] = {
         "name": secret.name,
         "kind": secret.kind,
         "source": entry.source,
         "overrides": list(entry.overrides),
         "sm_arn": secret.sm_arn,
         "expires_at": secret.expires_at.isoformat() if secret.expires_at else None,
-        "versions": [
-            {"version_id": v.version_id, "stage": v.stage} for v in usable_versions(secret.versions)
-        ],
     }
+    if secret.kind != "datakey":
+        doc["versions"] = [
+            {"version_id": v.version_id, "stage": v.stage} for v in usable_versions(secret.versions)
+        ]
+        return doc
+    # Every data key but a revoked one stays listed, newest first: old data needs old keys.
+    doc["cmk_arn"] = secret.cmk_arn
+    doc["encryption_context"] = datakey_context(entry.source, secret.name)
+    doc["versions"] = [
+        {
+            "version_id": v.version_id,
+            "stage": v.stage,
+            "created_at": v.created_at.isoformat(),
+            "ciphertext_blob": base64.b64encode(v.ciphertext or b"").decode("ascii"),
+        }
+        for v in sorted(secret.versions, key=lambda v: v.created_at, reverse=True)
+        if v.stage != "revoked"
+    ]
+    return doc
 
 
 def set_hash(documents: Sequence[dict[str, Any]]) -> str:

@@ -37,6 +37,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/secrets/{ref}"): "secret.read",
     ("DELETE", "/v1/secrets/{ref}"): "secret.delete",
     ("POST", "/v1/generate/{ref}"): "secret.generate",
+    ("POST", "/v1/datakeys/{ref}"): "datakey.create",
     ("GET", "/v1/effective/{path}"): "effective.read",
     ("POST", "/v1/watch"): "watch",
     ("GET", "/v1/adoption/{path}"): "adoption.read",

@@ -6,8 +6,9 @@ from aiohttp import web
 
 from kmsd.aws.identity import own_account
 from kmsd.domain.access import ROOT, parse_cidrs
-from kmsd.domain.iam import app_policy, server_policy
+from kmsd.domain.iam import KeyUse, app_policy, server_policy
 from kmsd.domain.names import NodePath
+from kmsd.domain.tree import datakey_context
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.common import json_response
@@ -15,8 +16,8 @@ from kmsd.keys import POOL, SETTINGS
 
 # Secrets an application's hosts may meet: on its chain (application down to the path) and
 # anywhere in the path's subtree (its clusters' own secrets).
-APP_SECRET_ARNS = """
-SELECT DISTINCT s.sm_arn FROM secrets s JOIN nodes n ON n.id = s.node_id
+APP_SECRETS = """
+SELECT s.kind, s.sm_arn, s.cmk_arn, s.name, n.path FROM secrets s JOIN nodes n ON n.id = s.node_id
 WHERE n.path = ANY($1::text[]) OR n.path LIKE $2
 """
 
@@ -31,8 +32,14 @@ async def app(request: web.Request) -> web.Response:
     if await pool.fetchval("SELECT 1 FROM nodes WHERE path = $1", str(path)) is None:
         raise NotFound(f"node {str(path)!r} does not exist")
     chain = [str(p) for p in path.ancestors_from_application()]
-    rows = await pool.fetch(APP_SECRET_ARNS, chain, f"{path}/%")
-    return json_response(app_policy([r["sm_arn"] for r in rows], source_cidrs=cidrs))
+    rows = await pool.fetch(APP_SECRETS, chain, f"{path}/%")
+    keys = [
+        KeyUse(r["cmk_arn"], tuple(sorted(datakey_context(r["path"], r["name"]).items())))
+        for r in rows
+        if r["kind"] == "datakey"
+    ]
+    arns = [r["sm_arn"] for r in rows if r["kind"] != "datakey"]
+    return json_response(app_policy(arns, source_cidrs=cidrs, keys=keys))
 
 
 async def server(request: web.Request) -> web.Response:

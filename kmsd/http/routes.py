@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kmsd import writes
+from kmsd import datakeys, writes
 from kmsd.db import audit as audit_db
 from kmsd.db import store
 from kmsd.domain.access import ROOT
@@ -25,7 +25,7 @@ from kmsd.http.auth import login
 from kmsd.http.common import flag, json_body, json_response
 from kmsd.http.watch import adoption, watch
 from kmsd.keygen import generate
-from kmsd.keys import CLOCK, METRICS, POOL, PROFILE, SETTINGS, SM
+from kmsd.keys import CLOCK, KMS, METRICS, POOL, PROFILE, SETTINGS, SM
 
 GENERATE_FIELDS = frozenset({"use", "algorithm", "length", "lifetime_days", "description"})
 PUT_SECRET_FIELDS = frozenset({"kind", "value", "value_b64", "description", "tags", "expires_at"})
@@ -144,6 +144,32 @@ async def generate_secret(request: web.Request) -> web.Response:
     )
 
 
+async def create_datakey(request: web.Request) -> web.Response:
+    """Create a KMS data key secret, or add its next period's key."""
+    path, name = _split_secret(request.match_info["ref"])
+    who = await authorize(request, "edit", str(path))
+    doc = await json_body(request, allowed={"cmk", "period_days"})
+    cmk = doc.get("cmk")
+    if not isinstance(cmk, str) or not 0 < len(cmk) <= 2048:
+        raise InvalidInput("'cmk' must be a KMS key id, ARN or alias")
+    period = doc.get("period_days", datakeys.DEFAULT_PERIOD_DAYS)
+    if isinstance(period, bool) or not isinstance(period, int):
+        raise InvalidInput("'period_days' must be an integer")
+    result = await asyncio.shield(
+        datakeys.new_data_key(
+            request.app[POOL],
+            request.app[KMS],
+            path,
+            name,
+            cmk=cmk,
+            period_days=period,
+            created_by=who.arn,
+            now=request.app[CLOCK].now(),
+        )
+    )
+    return json_response(result, status=201 if result["created"] else 200)
+
+
 async def get_secret(request: web.Request) -> web.Response:
     path, name = _split_secret(request.match_info["ref"])
     await authorize(request, "view", str(path))
@@ -167,6 +193,8 @@ async def get_secret(request: web.Request) -> web.Response:
             "expires_at": store.iso(row["expires_at"]),
             "generated": orjson.loads(row["spec"]) if row["spec"] else None,
             "public_key_pem": row["public_key"],
+            "cmk_arn": row["cmk_arn"],
+            "period_days": row["period_days"],
             "versions": versions,
         }
     )
@@ -347,6 +375,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_put("/v1/secrets/{ref:.+}", put_secret)
     app.router.add_get("/v1/secrets/{ref:.+}", get_secret)
     app.router.add_post("/v1/generate/{ref:.+}", generate_secret)
+    app.router.add_post("/v1/datakeys/{ref:.+}", create_datakey)
     app.router.add_delete("/v1/secrets/{ref:.+}", delete_secret)
     app.router.add_get("/v1/effective/{path:.+}", effective)
     app.router.add_post("/v1/watch", watch)

@@ -16,6 +16,7 @@ from kmsd.aws.sm import secrets_writer
 from kmsd.clock import Clock, SystemClock
 from kmsd.config import Settings
 from kmsd.db import bindings as bindings_db
+from kmsd.db import sessions
 from kmsd.db.audit import AuditWriter
 from kmsd.db.bindings import BindingsCache
 from kmsd.db.migrate import migrate
@@ -23,6 +24,7 @@ from kmsd.db.sessions import SessionCache
 from kmsd.domain.profile import load_profile
 from kmsd.http import middleware
 from kmsd.http.routes import setup_routes
+from kmsd.hub import adoption as adoption_db
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
@@ -43,7 +45,7 @@ from kmsd.keys import (
     WAKER,
 )
 from kmsd.metrics import Metrics
-from kmsd.tasks import cancel_quietly
+from kmsd.tasks import cancel_quietly, supervise
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +87,9 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 await writes.reconcile(app[POOL], app[SM])
+                # Housekeeping rides along: expired sessions, forgotten adoption reports.
+                await app[POOL].execute(sessions.PURGE_EXPIRED)
+                await app[POOL].execute(adoption_db.PRUNE, adoption_db.FORGET_AFTER)
             except Exception:
                 log.exception("reconcile_failed")
             await asyncio.sleep(RECONCILE_INTERVAL_S)
@@ -97,7 +102,7 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     writer = AuditWriter(app[POOL])
     app[AUDIT] = writer
-    task = asyncio.create_task(writer.run(), name="kmsd-audit-writer")
+    task = asyncio.create_task(supervise("audit", writer.run), name="kmsd-audit-writer")
     yield
     await cancel_quietly(task)
 
@@ -117,9 +122,12 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     adoption = AdoptionBuffer(pool, settings.replica_id, metrics)
     app[HUB], app[WAKER], app[ADOPTION] = hub, waker, adoption
     tasks = [
-        asyncio.create_task(waker.run(), name="kmsd-waker"),
-        asyncio.create_task(hub.run_sweeper(), name="kmsd-hub-sweeper"),
-        asyncio.create_task(adoption.run(settings.adoption_flush_s), name="kmsd-adoption"),
+        asyncio.create_task(supervise("waker", waker.run), name="kmsd-waker"),
+        asyncio.create_task(supervise("sweeper", hub.run_sweeper), name="kmsd-hub-sweeper"),
+        asyncio.create_task(
+            supervise("adoption", lambda: adoption.run(settings.adoption_flush_s)),
+            name="kmsd-adoption",
+        ),
     ]
     yield
     for task in tasks:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from kmsd.domain.access import IpNetwork, parse_cidrs
+from kmsd.domain.access import IpNetwork, check_pattern, parse_cidrs
 from kmsd.errors import ConfigError, InvalidInput
 
 DEFAULT_PORT = 8700
@@ -107,6 +107,11 @@ class Settings:
             bind_token_ip=_bool(env.get("KMSD_BIND_TOKEN_IP", "true"), "KMSD_BIND_TOKEN_IP"),
             security_profile=env.get("KMSD_SECURITY_PROFILE") or None,
         )
+        for pattern in settings.admins:
+            try:
+                check_pattern(pattern)
+            except InvalidInput as exc:
+                raise ConfigError(f"KMSD_ADMINS: {pattern!r}: {exc.detail}") from None
         if settings.watch_default_hold_s > settings.watch_max_hold_s:
             raise ConfigError("KMSD_WATCH_DEFAULT_HOLD must not exceed KMSD_WATCH_MAX_HOLD")
         if not 7 <= settings.sm_recovery_window_days <= 30:

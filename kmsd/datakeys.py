@@ -102,8 +102,7 @@ async def new_data_key(
         await conn.execute(
             INSERT_VERSION, secret_id, version_id, created_by, answer["CiphertextBlob"]
         )
-        await conn.execute(store.BUMP_NODE, node["id"])
-        await record_change(conn, str(path))
+        await record_change(conn, str(path), node["id"])
     log.info("data_key_added", path=str(path), name=name, version_id=version_id, cmk=key_arn)
     return {
         "path": str(path),

@@ -22,7 +22,7 @@ then SM is asked to schedule the deletion; rows that fail stay for the reconcile
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,6 +76,11 @@ _STALE_OUTBOX = """
 SELECT id, op, sm_name, version_id, intent::text AS intent FROM sm_outbox
 WHERE created_at < now() - $1::interval ORDER BY id LIMIT 100
 """
+_CANCEL_PENDING_DELETE = "DELETE FROM sm_outbox WHERE op = 'delete' AND sm_name = $1"
+_DELETE_STILL_WANTED = """
+SELECT EXISTS (SELECT 1 FROM sm_outbox WHERE id = $1)
+   AND NOT EXISTS (SELECT 1 FROM secrets WHERE sm_name = $2)
+"""
 _OUTBOX_FAILED = "UPDATE sm_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
 
 
@@ -84,7 +89,7 @@ class PutRequest:
     path: NodePath
     name: str
     kind: str
-    value: str | bytes
+    value: str | bytes = field(repr=False)  # never in a repr, log or traceback
     created_by: str
     description: str = ""
     tags: dict[str, str] | None = None
@@ -121,6 +126,8 @@ async def put_secret(
                         f"secret; it cannot take a {req.kind} value"
                     )
                 intent = _intent(req, sm_name)
+                # A deletion still pending for this name must not land after this write.
+                await conn.execute(_CANCEL_PENDING_DELETE, sm_name)
                 outbox_id = await conn.fetchval(
                     store.INSERT_OUTBOX, "put", sm_name, version_id, orjson.dumps(intent).decode()
                 )
@@ -202,8 +209,7 @@ async def _record(
     await conn.execute(_RETIRE_PREVIOUS, secret_id)
     await conn.execute(_DEMOTE_CURRENT, secret_id)
     await conn.execute(_INSERT_VERSION, secret_id, version_id, intent["created_by"])
-    await conn.execute(store.BUMP_NODE, node["id"])
-    await record_change(conn, intent["path"])
+    await record_change(conn, intent["path"], node["id"])
     return True
 
 
@@ -217,8 +223,7 @@ async def delete_secret(pool: asyncpg.Pool, sm: SecretsWriter, path: NodePath, n
         await conn.execute(store.DELETE_SECRET, secret["id"])
         if secret["kind"] != "datakey":  # data keys live in PostgreSQL only
             await conn.execute(store.INSERT_OUTBOX, "delete", secret["sm_name"], None, "{}")
-        await conn.execute(store.BUMP_NODE, node["id"])
-        await record_change(conn, str(path))
+        await record_change(conn, str(path), node["id"])
     await drain_deletions(pool, sm)
 
 
@@ -242,13 +247,26 @@ async def drain_deletions(pool: asyncpg.Pool, sm: SecretsWriter) -> None:
 
 
 async def _apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_name: str) -> None:
-    try:
-        await sm.delete(sm_name)
-    except KmsError as exc:
-        await pool.execute(_OUTBOX_FAILED, row_id, exc.detail)
-        log.warning("sm_delete_deferred", sm_name=sm_name, error=exc.code)
-        return
-    await pool.execute(store.DELETE_OUTBOX, row_id)
+    """Carry out one pending SM deletion, under the secret's lock, unless it is stale.
+
+    A deletion is stale when its row is gone (a later put cancelled it) or when the secret
+    exists again in PostgreSQL: deleting in SM then would destroy the re-created secret.
+    """
+    async with pool.acquire() as conn:
+        await conn.execute(_LOCK, sm_name)
+        try:
+            if not await conn.fetchval(_DELETE_STILL_WANTED, row_id, sm_name):
+                await conn.execute(store.DELETE_OUTBOX, row_id)
+                return
+            try:
+                await sm.delete(sm_name)
+            except KmsError as exc:
+                await conn.execute(_OUTBOX_FAILED, row_id, exc.detail)
+                log.warning("sm_delete_deferred", sm_name=sm_name, error=exc.code)
+                return
+            await conn.execute(store.DELETE_OUTBOX, row_id)
+        finally:
+            await conn.execute(_UNLOCK, sm_name)
 
 
 async def reconcile(

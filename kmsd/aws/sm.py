@@ -98,6 +98,10 @@ class SecretsWriter:
             if _code(exc) == "ResourceNotFoundException":
                 return None
             raise _upstream("list versions of", sm_name, exc) from None
+        except BotoCoreError as exc:
+            raise UpstreamError(
+                f"could not reach Secrets Manager to list {sm_name!r}: {type(exc).__name__}"
+            ) from None
 
     async def delete(self, sm_name: str) -> None:
         """Schedule deletion (recoverable for the configured window); absent is fine."""
@@ -110,6 +114,10 @@ class SecretsWriter:
             if code == "InvalidRequestException" and "deletion" in str(exc).lower():
                 return  # already scheduled
             raise _upstream("delete", sm_name, exc) from None
+        except BotoCoreError as exc:
+            raise UpstreamError(
+                f"could not reach Secrets Manager to delete {sm_name!r}: {type(exc).__name__}"
+            ) from None
 
 
 def _code(exc: ClientError) -> str:

@@ -40,13 +40,20 @@ class BindingsCache:
         self._pool = pool
         self._bindings: list[Binding] | None = None
         self._loaded_at = 0.0
+        self._generation = 0
 
     def invalidate(self, *_: object) -> None:
         self._bindings = None
+        self._generation += 1
 
     async def all(self) -> list[Binding]:
-        if self._bindings is None or time.monotonic() - self._loaded_at > MAX_AGE_S:
-            rows = await self._pool.fetch(ALL)
-            self._bindings = [binding_of(r) for r in rows]
-            self._loaded_at = time.monotonic()
-        return self._bindings
+        if self._bindings is not None and time.monotonic() - self._loaded_at <= MAX_AGE_S:
+            return self._bindings
+        generation = self._generation
+        rows = await self._pool.fetch(ALL)
+        fresh = [binding_of(r) for r in rows]
+        # A revocation that arrived while we were reading may not be in these rows: use
+        # them for this call, but do not keep them.
+        if generation == self._generation:
+            self._bindings, self._loaded_at = fresh, time.monotonic()
+        return fresh

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from kmsd.db import Conn
+from kmsd.db.changes import record_change
 from kmsd.domain.names import NodePath, kind_of_depth
 from kmsd.domain.tree import NodeSecrets, SecretMeta, SecretVersion
 from kmsd.errors import Conflict, InvalidInput, NotFound
@@ -35,8 +36,9 @@ SUBTREE_SECRETS = """
 SELECT s.sm_name FROM secrets s JOIN nodes n ON n.id = s.node_id
 WHERE (n.path = $1 OR n.path LIKE $2) AND s.kind <> 'datakey'
 """
+# Locks the whole subtree, so that no write can slip a secret into it while it is deleted.
+LOCK_SUBTREE = "SELECT id FROM nodes WHERE path = $1 OR path LIKE $2 FOR UPDATE"
 DELETE_NODE = "DELETE FROM nodes WHERE id = $1"
-BUMP_NODE = "UPDATE nodes SET changed_seq = nextval('kmsd_change_seq') WHERE id = $1"
 SECRETS_OF_NODES = """
 SELECT s.id, s.node_id, s.name, s.kind, s.sm_arn, s.description, s.expires_at, s.cmk_arn,
        v.version_id, v.stage, v.created_at AS version_created_at, v.ciphertext
@@ -60,6 +62,16 @@ INSERT INTO sm_outbox (op, sm_name, version_id, intent) VALUES ($1, $2, $3, $4::
 RETURNING id
 """
 DELETE_OUTBOX = "DELETE FROM sm_outbox WHERE id = $1"
+
+
+def below_pattern(path: str) -> str:
+    """A LIKE pattern for the paths strictly below ``path``.
+
+    ``_`` is legal in names and a LIKE wildcard: unescaped, ``prod/my_app/%`` would also match
+    ``prod/my-app/...``, another application.
+    """
+    escaped = path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"{escaped}/%"
 
 
 def node_row_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -89,6 +101,10 @@ async def create_node(conn: Conn, path: NodePath, created_by: str, *, parents: b
             new_id = await conn.fetchval("SELECT id FROM nodes WHERE path = $1", str(node))
         parent_id = new_id
         created.append(str(node))
+    if created:
+        # Tell watchers' caches that these paths exist now (a re-created path may be cached
+        # as gone); one change at the top-most new node covers all of them.
+        await record_change(conn, created[0])
     return created
 
 
@@ -129,7 +145,9 @@ async def delete_node(conn: Conn, path: NodePath, *, recursive: bool) -> list[st
             children=counts["children"],
             secrets=counts["secrets"],
         )
-    sm_names = [r["sm_name"] for r in await conn.fetch(SUBTREE_SECRETS, str(path), f"{path}/%")]
+    below = below_pattern(str(path))
+    await conn.execute(LOCK_SUBTREE, str(path), below)
+    sm_names = [r["sm_name"] for r in await conn.fetch(SUBTREE_SECRETS, str(path), below)]
     for name in sm_names:
         await conn.execute(INSERT_OUTBOX, "delete", name, None, "{}")
     await conn.execute(DELETE_NODE, node["id"])

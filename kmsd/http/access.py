@@ -32,7 +32,8 @@ def resolve_client_address(request: web.Request) -> str:
     """Resolve and remember the caller's address (X-Forwarded-For only from trusted proxies)."""
     ip = client_ip(
         request.remote,
-        request.headers.get("X-Forwarded-For"),
+        # A proxy may add its own header line rather than extend the client's: read them all.
+        ",".join(request.headers.getall("X-Forwarded-For", [])),
         request.app[SETTINGS].trusted_proxies,
     )
     request[CLIENT_IP] = address = str(ip) if ip is not None else (request.remote or "")

@@ -69,13 +69,19 @@ def _entry(request: web.Request, status: int, outcome: str | None = None) -> Aud
         request_id=request[REQUEST_ID],
         replica=request.app[SETTINGS].replica_id,
         principal=who.arn if who else "-",
-        claimed=request.get(AUDIT_CLAIMED, ""),
+        claimed=_printable(request.get(AUDIT_CLAIMED, "")),
         source_ip=request.get(CLIENT_IP, request.remote or ""),
         action=_action(request),
-        target=target,
+        target=_printable(target),
         outcome=outcome or outcome_of(status),
         status=status,
     )
+
+
+def _printable(text: str, limit: int = 512) -> str:
+    """Caller-supplied text, made safe for JSON and PostgreSQL (no NUL, no lone surrogates)."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return safe[:limit]
 
 
 async def audit_now(request: web.Request, status: int = 200) -> None:
@@ -99,7 +105,11 @@ async def audit_outcome(request: web.Request, response: web.StreamResponse) -> w
 
 async def write_attempt(request: web.Request) -> None:
     """The attempt row of a change, once the caller is known and before anything changes."""
-    if request.method != "GET" and _action(request) not in _NOT_CHANGES:
+    if (
+        request.path.startswith("/v1/")
+        and request.method != "GET"
+        and _action(request) not in _NOT_CHANGES
+    ):
         try:
             await request.app[AUDIT].write(_entry(request, 0, "attempt"))
         except AuditUnavailable:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from kmsd.aws.identity import own_account
+from kmsd.db import store
 from kmsd.domain.access import ROOT, parse_cidrs
 from kmsd.domain.iam import KeyUse, app_policy, server_policy
 from kmsd.domain.names import NodePath
@@ -32,7 +33,7 @@ async def app(request: web.Request) -> web.Response:
     if await pool.fetchval("SELECT 1 FROM nodes WHERE path = $1", str(path)) is None:
         raise NotFound(f"node {str(path)!r} does not exist")
     chain = [str(p) for p in path.ancestors_from_application()]
-    rows = await pool.fetch(APP_SECRETS, chain, f"{path}/%")
+    rows = await pool.fetch(APP_SECRETS, chain, store.below_pattern(str(path)))
     keys = [
         KeyUse(r["cmk_arn"], tuple(sorted(datakey_context(r["path"], r["name"]).items())))
         for r in rows

@@ -6,6 +6,8 @@ that the error mapping produced, so it wraps it.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 import uuid
 
@@ -22,6 +24,9 @@ from kmsd.keys import METRICS
 
 log = structlog.get_logger("kmsd.http")
 
+CLIENT_CLOSED_REQUEST = 499
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
 # aiohttp's own refusals (no route, wrong method, body over client_max_size), as problems.
 _HTTP_ERRORS: dict[int, type[KmsError]] = {
     404: NotFound,
@@ -33,7 +38,9 @@ _HTTP_ERRORS: dict[int, type[KmsError]] = {
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id and the client address, then write one line per request."""
-    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    offered = request.headers.get("X-Request-Id", "")
+    # A caller's id is kept only if it is plainly an id: it lands in logs and the audit chain.
+    request_id = offered if _REQUEST_ID_RE.fullmatch(offered) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     remote = resolve_client_address(request)
     structlog.contextvars.clear_contextvars()
@@ -84,6 +91,11 @@ async def outcome(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = problem_response(
             mapped(f"{exc.reason}: {request.method} {request.path}"), request_id
         )
+    except asyncio.CancelledError:
+        # The client hung up. Writes are shielded and may still complete: the trail must
+        # show the call all the same (499, as nginx logs a closed request), then unwind.
+        await audit_outcome(request, web.Response(status=CLIENT_CLOSED_REQUEST))
+        raise
     except Exception:
         log.exception("unhandled_error")
         response = problem_response(KmsError("internal error; quote the request id"), request_id)

@@ -25,7 +25,7 @@ from kmsd.http.auth import login
 from kmsd.http.common import flag, json_body, json_response
 from kmsd.http.watch import adoption, watch
 from kmsd.keygen import generate
-from kmsd.keys import CLOCK, KMS, METRICS, POOL, PROFILE, SETTINGS, SM
+from kmsd.keys import AUDIT, CLOCK, KMS, METRICS, POOL, PROFILE, SETTINGS, SM, WAKER
 
 GENERATE_FIELDS = frozenset({"use", "algorithm", "length", "lifetime_days", "description"})
 PUT_SECRET_FIELDS = frozenset({"kind", "value", "value_b64", "description", "tags", "expires_at"})
@@ -239,6 +239,7 @@ async def audit_list(request: web.Request) -> web.Response:
         _time_param(q.get("until"), "until"),
         q.get("outcome"),
         limit,
+        store.below_pattern(path) if path else None,
     )
     rows = [audit_db.row_of(r) for r in records]
     return json_response({"rows": [_audit_doc(r) for r in rows]})
@@ -281,8 +282,17 @@ async def audit_verify(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Healthy only if PostgreSQL answers, the audit writer runs and LISTEN is connected."""
     await request.app[POOL].fetchval("SELECT 1")
-    return json_response({"status": "ok"})
+    checks = {
+        "database": True,
+        "audit_writer": request.app[AUDIT].running,
+        "listen": request.app[WAKER].connected.is_set(),
+    }
+    healthy = all(checks.values())
+    return json_response(
+        {"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

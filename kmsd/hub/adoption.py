@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 import asyncpg
@@ -35,6 +35,10 @@ SET principal = EXCLUDED.principal, ip = EXCLUDED.ip,
     path_version = EXCLUDED.path_version, replica = EXCLUDED.replica,
     last_seen = EXCLUDED.last_seen
 WHERE adoption.last_seen <= EXCLUDED.last_seen
+  -- Another principal cannot speak for a live instance (a host with read on the path could
+  -- otherwise claim others hold a version and open a rotation gate); a stale slot is free.
+  AND (adoption.principal = EXCLUDED.principal
+       OR adoption.last_seen < EXCLUDED.last_seen - interval '10 minutes')
 """
 ROWS_OF_PATH = """
 SELECT instance_id, principal, ip, app_process_ids, held::text AS held, path_version, replica,
@@ -42,7 +46,7 @@ SELECT instance_id, principal, ip, app_process_ids, held::text AS held, path_ver
 FROM adoption WHERE path = $1 ORDER BY instance_id
 """
 # Reports older than this are forgotten entirely (stale ones are shown long before).
-FORGET_AFTER: Final = "7 days"
+FORGET_AFTER: Final = timedelta(days=7)
 PRUNE = "DELETE FROM adoption WHERE last_seen < now() - $1::interval"
 
 

@@ -40,9 +40,12 @@ class Waiter:
 
 
 def ancestors(path: str) -> list[str]:
-    """``a/b/c/d`` -> ``[a/b, a/b/c, a/b/c/d]``: the prefixes a change can arrive at."""
+    """``a/b/c`` -> ``[a, a/b, a/b/c]``: the prefixes a change can arrive at.
+
+    The namespace is one of them: deleting a namespace recursively is a change at ``a``.
+    """
     parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(2, len(parts) + 1)]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 class PrefixSet:

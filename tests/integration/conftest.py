@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from botocore.credentials import Credentials
+from multidict import CIMultiDict
 
 from kmsd.app import create_app
 from kmsd.aws.login import sign_login
@@ -123,7 +124,8 @@ class Api:
         self.headers = {"Authorization": f"Bearer {token}"}
 
     async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-        headers = {**self.headers, **kw.pop("headers", {})}
+        headers = CIMultiDict(self.headers)
+        headers.extend(kw.pop("headers", {}))  # keeps repeated header lines apart
         async with self.client.request(method, path, headers=headers, **kw) as resp:
             body = await resp.json(content_type=None) if resp.content_length != 0 else None
             return resp.status, body

@@ -286,8 +286,7 @@ async def test_changes_committed_out_of_id_order_are_not_lost(
         tx_a = a.transaction()
         await tx_a.start()
         node = await a.fetchrow(store.GET_NODE, "prod/pay/us/blue")
-        await a.execute(store.BUMP_NODE, node["id"])
-        await record_change(a, "prod/pay/us/blue")
+        await record_change(a, "prod/pay/us/blue", node["id"])
 
         async def other_change() -> None:
             async with b.transaction():

@@ -181,15 +181,29 @@ def test_bad_integers_are_named(var: str, raw: str) -> None:
     [
         ("", ()),
         (" , ,", ()),
-        ("arn:aws:iam::1:role/a", ("arn:aws:iam::1:role/a",)),
+        ("arn:aws:iam::111111111111:role/a", ("arn:aws:iam::111111111111:role/a",)),
         (
-            " arn:aws:iam::1:role/a , arn:aws:iam::1:user/b,,arn:aws:iam::*:role/c ",
-            ("arn:aws:iam::1:role/a", "arn:aws:iam::1:user/b", "arn:aws:iam::*:role/c"),
+            " arn:aws:iam::111111111111:role/a , arn:aws:iam::111111111111:user/b,,"
+            "arn:aws:iam::111111111111:role/ops-* ",
+            (
+                "arn:aws:iam::111111111111:role/a",
+                "arn:aws:iam::111111111111:user/b",
+                "arn:aws:iam::111111111111:role/ops-*",
+            ),
         ),
     ],
 )
 def test_admins_split_and_trimmed(raw: str, admins: tuple[str, ...]) -> None:
     assert Settings.from_env(env(KMSD_ADMINS=raw)).admins == admins
+
+
+@pytest.mark.parametrize(
+    "raw", ["arn:aws:iam::*:role/admin", "arn:aws:iam::1:role/a", "*", "arn:aws:sts::1:x"]
+)
+def test_admin_patterns_are_checked_like_bindings(raw: str) -> None:
+    # A wildcard account would make that role an admin from any AWS account.
+    with pytest.raises(ConfigError, match="KMSD_ADMINS"):
+        Settings.from_env(env(KMSD_ADMINS=raw))
 
 
 def test_settings_are_frozen() -> None:

@@ -12,13 +12,14 @@ from kmsd.hub.index import PrefixSet, Waiter, WaiterIndex, ancestors
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("a/b", ["a/b"]),
-        ("a/b/c", ["a/b", "a/b/c"]),
-        ("a/b/c/d", ["a/b", "a/b/c", "a/b/c/d"]),
-        ("n/a/1/2/3/4", ["n/a", "n/a/1", "n/a/1/2", "n/a/1/2/3", "n/a/1/2/3/4"]),
+        ("a/b", ["a", "a/b"]),
+        ("a/b/c", ["a", "a/b", "a/b/c"]),
+        ("a/b/c/d", ["a", "a/b", "a/b/c", "a/b/c/d"]),
+        ("n/a/1/2/3/4", ["n", "n/a", "n/a/1", "n/a/1/2", "n/a/1/2/3", "n/a/1/2/3/4"]),
     ],
 )
-def test_ancestors_start_at_the_application(path: str, expected: list[str]) -> None:
+def test_ancestors_start_at_the_namespace(path: str, expected: list[str]) -> None:
+    # A recursive delete of a namespace is a change at the namespace: it must reach watchers.
     assert ancestors(path) == expected
 
 

@@ -194,3 +194,26 @@ async def test_verify_notices_rows_cut_off_the_end(
 def test_a_put_request_never_shows_its_value() -> None:
     req = writes.PutRequest(NodePath.parse("a/b"), "db", "json", '{"p": "hunter2"}', "me")
     assert "hunter2" not in repr(req)
+
+
+async def test_healthz_reports_a_lost_listen_connection(
+    client: Any, db: asyncpg.Connection, pg_server_dsn: str
+) -> None:
+    from kmsd.keys import WAKER
+
+    async with client.get("/healthz") as resp:
+        assert resp.status == 200
+    waker = client.app[WAKER]
+    database = await db.fetchval("SELECT current_database()")
+    admin_conn = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await db.fetchval("SELECT pg_terminate_backend($1)", waker._conn.get_server_pid())
+        await eventually(lambda: not waker.connected.is_set())
+        async with client.get("/healthz") as resp:
+            doc = await resp.json()
+            assert (resp.status, doc["listen"]) == (503, False)
+    finally:
+        await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin_conn.close()
+    await eventually(waker.connected.is_set)

@@ -140,8 +140,12 @@ async def put_secret(
                     tags={"kmsd:path": str(req.path), "kmsd:name": req.name},
                     description=req.description,
                 )
-            except KmsError:
-                await conn.execute(store.DELETE_OUTBOX, outbox_id)
+            except KmsError as err:
+                # A clear refusal leaves nothing behind. After an ambiguous failure (a 5xx, a
+                # connection lost mid-request) SM may hold the version: the intent stays and
+                # the reconciler asks SM by version id, as after a crash.
+                if not err.extra.get("ambiguous"):
+                    await conn.execute(store.DELETE_OUTBOX, outbox_id)
                 raise
             try:
                 async with conn.transaction():

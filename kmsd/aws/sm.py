@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
 
 from kmsd.aws.clients import aws_client
 from kmsd.config import Settings
@@ -66,10 +71,20 @@ class SecretsWriter:
             )
             return WriteResult(resp["ARN"], resp["VersionId"])
         except ClientError as exc:
-            raise _upstream("write the secret", sm_name, exc) from None
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            err = _upstream("write the secret", sm_name, exc)
+            if status >= 500:
+                raise _ambiguous(err) from None
+            raise err from None
+        except (EndpointConnectionError, ConnectTimeoutError):
+            # Never connected: SM cannot have the value.
+            raise UpstreamError(f"could not reach Secrets Manager to write {sm_name!r}") from None
         except BotoCoreError as exc:
-            raise UpstreamError(
-                f"could not reach Secrets Manager to write {sm_name!r}: {type(exc).__name__}"
+            # Connected, then lost (read timeout, closed connection): SM may hold the version.
+            raise _ambiguous(
+                UpstreamError(
+                    f"lost Secrets Manager while writing {sm_name!r}: {type(exc).__name__}"
+                )
             ) from None
 
     async def _adopt(self, sm_name: str, tags: Mapping[str, str]) -> None:
@@ -87,6 +102,9 @@ class SecretsWriter:
         """Return the secret's ARN if SM holds ``version_id`` of it, else None."""
         kwargs: dict[str, Any] = {"SecretId": sm_name, "IncludeDeprecated": True}
         try:
+            # Ask whether the secret exists first: moto 5.2.5 answers ListSecretVersionIds on
+            # a missing secret with a 500 instead of ResourceNotFoundException.
+            await self._sm.describe_secret(SecretId=sm_name)
             while True:
                 page = await self._sm.list_secret_version_ids(**kwargs)
                 if any(v["VersionId"] == version_id for v in page.get("Versions", [])):
@@ -118,6 +136,13 @@ class SecretsWriter:
             raise UpstreamError(
                 f"could not reach Secrets Manager to delete {sm_name!r}: {type(exc).__name__}"
             ) from None
+
+
+def _ambiguous(err: UpstreamError) -> UpstreamError:
+    """Mark a failure after which SM may or may not hold the version (the outbox decides)."""
+    err.extra["ambiguous"] = True
+    err.detail += "; SM may still have recorded it, kmsd will reconcile within minutes"
+    return err
 
 
 def _code(exc: ClientError) -> str:

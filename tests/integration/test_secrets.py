@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -299,3 +300,47 @@ async def test_no_client_for_services_kmsd_does_not_use(settings: Settings) -> N
     with pytest.raises(ForbiddenOperation):
         async with aws_client("s3", settings):
             pass
+
+
+@pytest.fixture
+async def failing_aws(aiohttp_server: Any) -> str:
+    """An endpoint that answers every AWS call with a 500 (an outage mid-request)."""
+    from aiohttp import web
+
+    async def fail(_: web.Request) -> web.Response:
+        return web.json_response({"__type": "InternalFailure", "message": "x"}, status=500)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fail)
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}"
+
+
+async def test_an_ambiguous_aws_failure_keeps_the_intent_for_the_reconciler(
+    make_client: ClientFactory,
+    admin: Any,
+    moto_endpoint: str,
+    db: asyncpg.Connection,
+    failing_aws: str,
+    settings: Settings,
+) -> None:
+    client = await make_client(aws_endpoint_url=failing_aws)
+    api = await sign_in(client, admin, moto_endpoint)
+    await _app_node(api)
+    status, problem = await api.call(
+        "PUT", "/v1/secrets/prod/payments/db", json={"value": {"password": CANARY}}
+    )
+    assert status == 502, problem
+    assert problem["ambiguous"] is True
+    assert await db.fetchval("SELECT count(*) FROM secrets") == 0  # no metadata
+    (intent,) = await db.fetch("SELECT version_id FROM sm_outbox WHERE op = 'put'")
+    # The reconciler asks the real SM: the version is not there, so the intent is dropped.
+    async with secrets_writer(settings) as sm:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            counts = await writes.reconcile(pool, sm, min_age=timedelta(0))
+        finally:
+            await pool.close()
+    assert counts["dropped"] == 1
+    assert await db.fetchval("SELECT count(*) FROM sm_outbox") == 0
+    assert intent["version_id"]

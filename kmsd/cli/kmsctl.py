@@ -13,11 +13,10 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
+from kmsd.cli.admin_verbs import add_access_verbs, add_audit_verbs, cmd_iam_policy, cmd_whoami
 from kmsd.cli.client import (
     Client,
     CliError,
@@ -25,20 +24,8 @@ from kmsd.cli.client import (
     quote_path,
     save_cached_token,
 )
+from kmsd.cli.output import Subparsers, emit, print_table, read_verb
 from kmsd.domain.profile import USES
-
-
-def _print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
-
-
-def _emit(args: argparse.Namespace, doc: Any, text: Callable[[Any], None]) -> None:
-    if getattr(args, "output", "text") == "json":
-        print(json.dumps(doc, indent=2, sort_keys=True))
-    else:
-        text(doc)
 
 
 def cmd_login(c: Client, args: argparse.Namespace) -> None:
@@ -46,7 +33,7 @@ def cmd_login(c: Client, args: argparse.Namespace) -> None:
     doc = c.login()
     save_cached_token(c.addr, doc["token"], doc["expires_at"])
     doc.pop("token", None)  # never print a bearer token by default
-    _emit(args, doc, lambda d: print(f"signed in as {d['principal']} until {d['expires_at']}"))
+    emit(args, doc, lambda d: print(f"signed in as {d['principal']} until {d['expires_at']}"))
 
 
 def cmd_node_create(c: Client, args: argparse.Namespace) -> None:
@@ -63,12 +50,12 @@ def cmd_node_show(c: Client, args: argparse.Namespace) -> None:
         print(f"  children: {', '.join(d['children']) or '-'}")
         print(f"  secrets:  {', '.join(d['secrets']) or '-'}")
 
-    _emit(args, doc, text)
+    emit(args, doc, text)
 
 
 def cmd_node_list(c: Client, args: argparse.Namespace) -> None:
     doc = c.call("GET", "/v1/nodes")
-    _emit(args, doc, lambda d: print("\n".join(d["namespaces"]) or "(no namespaces)"))
+    emit(args, doc, lambda d: print("\n".join(d["namespaces"]) or "(no namespaces)"))
 
 
 def cmd_node_delete(c: Client, args: argparse.Namespace) -> None:
@@ -140,7 +127,7 @@ def cmd_secret_show(c: Client, args: argparse.Namespace) -> None:
 
     def text(d: dict[str, Any]) -> None:
         print(f"{d['path']}/{d['name']} ({d['kind']}) {d['sm_arn']}")
-        _print_table(
+        print_table(
             [
                 (v["version_id"], v["stage"], v["created_at"], v["created_by"])
                 for v in d["versions"]
@@ -148,7 +135,7 @@ def cmd_secret_show(c: Client, args: argparse.Namespace) -> None:
             ("VERSION", "STAGE", "CREATED", "BY"),
         )
 
-    _emit(args, doc, text)
+    emit(args, doc, text)
 
 
 def cmd_secret_delete(c: Client, args: argparse.Namespace) -> None:
@@ -166,9 +153,9 @@ def cmd_effective(c: Client, args: argparse.Namespace) -> None:
             current = next((v["version_id"] for v in s["versions"] if v["stage"] == "current"), "-")
             shadowed = ", ".join(s["overrides"]) if s["overrides"] else ""
             rows.append((s["name"], s["kind"], s["source"], current, shadowed))
-        _print_table(rows, ("NAME", "KIND", "SOURCE", "CURRENT VERSION", "OVERRIDES"))
+        print_table(rows, ("NAME", "KIND", "SOURCE", "CURRENT VERSION", "OVERRIDES"))
 
-    _emit(args, doc, text)
+    emit(args, doc, text)
 
 
 def cmd_adoption(c: Client, args: argparse.Namespace) -> None:
@@ -192,10 +179,10 @@ def cmd_adoption(c: Client, args: argparse.Namespace) -> None:
             for s in d["secrets"]
             for v in s["versions"]
         ]
-        _print_table(rows, ("SECRET", "VERSION", "STAGE", "LIVE", "STALE", "INSTANCES"))
+        print_table(rows, ("SECRET", "VERSION", "STAGE", "LIVE", "STALE", "INSTANCES"))
         if d["instances"]:
             print()
-            _print_table(
+            print_table(
                 [
                     (
                         i["instance_id"],
@@ -210,7 +197,7 @@ def cmd_adoption(c: Client, args: argparse.Namespace) -> None:
                 ("INSTANCE", "IP", "PATH_VERSION", "LAST SEEN", "STATE", "PROCESSES"),
             )
 
-    _emit(args, doc, text)
+    emit(args, doc, text)
 
 
 def cmd_watch(c: Client, args: argparse.Namespace) -> None:
@@ -238,7 +225,7 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> None:
         if doc is None:  # 304: the hold ran out with nothing new
             continue
         version = doc["path_version"]
-        _emit(
+        emit(
             args,
             doc,
             lambda d: print(
@@ -249,15 +236,6 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> None:
         sys.stdout.flush()
         if args.once:
             return
-
-
-Subparsers = Any  # argparse's _SubParsersAction is private
-
-
-def read_verb(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Give a read verb its ``--output text|json``."""
-    p.add_argument("--output", choices=("text", "json"), default="text")
-    return p
 
 
 def _add_node_verbs(sub: Subparsers) -> None:
@@ -315,166 +293,6 @@ def cmd_logout(c: Client, args: argparse.Namespace) -> None:
     print(f"forgot the cached token for {c.addr}")
 
 
-def cmd_whoami(c: Client, args: argparse.Namespace) -> None:
-    doc = c.call("GET", "/v1/auth/whoami")
-
-    def text(d: dict[str, Any]) -> None:
-        print(f"{d['principal']}{' (bootstrap admin)' if d['admin'] else ''} from {d['source_ip']}")
-        _print_table(
-            [
-                (str(b["id"]), b["path"], b["permission"], b["principal"], ",".join(b["cidrs"]))
-                for b in d["bindings"]
-            ],
-            ("ID", "PATH", "PERMISSION", "PATTERN", "CIDRS"),
-        )
-
-    _emit(args, doc, text)
-
-
-def _grant(c: Client, principal: str, path: str, permission: str, cidrs: list[str]) -> None:
-    body = {"principal": principal, "path": path, "permission": permission, "cidrs": cidrs}
-    doc = c.call("POST", "/v1/bindings", body)
-    print(
-        f"binding {doc['id']}: {doc['principal']} may {doc['permission']} {doc['path']}"
-        + (f" from {', '.join(doc['cidrs'])}" if doc["cidrs"] else "")
-    )
-
-
-def cmd_access_grant(c: Client, args: argparse.Namespace) -> None:
-    _grant(c, args.principal, args.path, args.permission, args.cidr or [])
-
-
-def cmd_app_bind(c: Client, args: argparse.Namespace) -> None:
-    _grant(c, args.role, args.app, "read", args.cidr or [])
-
-
-def cmd_access_revoke(c: Client, args: argparse.Namespace) -> None:
-    c.call("DELETE", f"/v1/bindings/{args.id}")
-    print(f"binding {args.id} revoked")
-
-
-def cmd_access_list(c: Client, args: argparse.Namespace) -> None:
-    doc = c.call("GET", "/v1/bindings?" + urlencode({"path": args.path}))
-    _emit(
-        args,
-        doc,
-        lambda d: _print_table(
-            [
-                (str(b["id"]), b["path"], b["permission"], b["principal"], ",".join(b["cidrs"]))
-                for b in d["bindings"]
-            ],
-            ("ID", "PATH", "PERMISSION", "PATTERN", "CIDRS"),
-        ),
-    )
-
-
-def cmd_iam_policy(c: Client, args: argparse.Namespace) -> None:
-    if args.target == "server":
-        doc = c.call("GET", "/v1/iam-policy/server")
-    else:
-        if not args.path:
-            raise CliError("iam-policy app needs PATH (namespace/application[/child...])")
-        query = urlencode([("source_cidr", cidr) for cidr in args.source_cidr or []])
-        doc = c.call(
-            "GET", f"/v1/iam-policy/app/{quote_path(args.path)}" + (f"?{query}" if query else "")
-        )
-    print(json.dumps(doc, indent=2))
-
-
-def _add_access_verbs(sub: Subparsers) -> None:
-    access = sub.add_parser("access", help="bindings: who may do what under which path")
-    asub = access.add_subparsers(dest="verb", required=True)
-    p = asub.add_parser("grant", help="bind a principal pattern to a path prefix")
-    p.add_argument("principal", help="arn:aws:iam::ACCOUNT:role/NAME ('*' only in NAME)")
-    p.add_argument("path", help="path prefix, or '*' for everything")
-    p.add_argument("permission", choices=("read", "view", "edit", "rotate", "admin"))
-    p.add_argument("--cidr", action="append", help="calls must come from here (repeatable)")
-    p.set_defaults(func=cmd_access_grant)
-    p = asub.add_parser("revoke", help="remove a binding by id")
-    p.add_argument("id", type=int)
-    p.set_defaults(func=cmd_access_revoke)
-    p = read_verb(asub.add_parser("list", help="bindings at or under a path"))
-    p.add_argument("path", nargs="?", default="*")
-    p.set_defaults(func=cmd_access_list)
-    app = sub.add_parser("app", help="applications")
-    appsub = app.add_subparsers(dest="verb", required=True)
-    p = appsub.add_parser("bind", help="let an application's hosts read it (a read binding)")
-    p.add_argument("app", help="NAMESPACE/APP")
-    p.add_argument("--role", required=True, help="the hosts' IAM role ARN (pattern)")
-    p.add_argument("--cidr", action="append", help="the hosts' networks (repeatable)")
-    p.set_defaults(func=cmd_app_bind)
-
-
-def cmd_audit_list(c: Client, args: argparse.Namespace) -> None:
-    params = {
-        k: v
-        for k, v in (
-            ("principal", args.principal),
-            ("path", args.path),
-            ("action", args.action),
-            ("since", args.since),
-            ("until", args.until),
-            ("outcome", args.outcome),
-            ("limit", str(args.limit)),
-        )
-        if v
-    }
-    doc = c.call("GET", "/v1/audit?" + urlencode(params))
-
-    def text(d: dict[str, Any]) -> None:
-        _print_table(
-            [
-                (
-                    str(r["seq"]),
-                    r["at"],
-                    r["principal"] if r["principal"] != "-" else f"({r['claimed'] or 'anonymous'})",
-                    r["source_ip"],
-                    r["action"],
-                    r["target"],
-                    r["outcome"],
-                    str(r["status"]),
-                )
-                for r in d["rows"]
-            ],
-            ("SEQ", "AT", "PRINCIPAL", "IP", "ACTION", "TARGET", "OUTCOME", "STATUS"),
-        )
-
-    _emit(args, doc, text)
-
-
-def cmd_audit_verify(c: Client, args: argparse.Namespace) -> None:
-    doc = c.call("POST", "/v1/audit/verify")
-
-    def text(d: dict[str, Any]) -> None:
-        if d["ok"]:
-            print(f"audit chain intact: {d['checked']} row(s) verified")
-        else:
-            print(
-                f"audit chain BROKEN at seq {d['first_broken_seq']} "
-                f"({d['checked']} row(s) before it verified)"
-            )
-
-    _emit(args, doc, text)
-    if not doc["ok"]:
-        raise CliError(f"audit row {doc['first_broken_seq']} does not match the chain")
-
-
-def _add_audit_verbs(sub: Subparsers) -> None:
-    audit = sub.add_parser("audit", help="the audit trail")
-    asub = audit.add_subparsers(dest="verb", required=True)
-    p = read_verb(asub.add_parser("list", help="recent audit rows, newest first"))
-    p.add_argument("--principal", help="exact principal ARN")
-    p.add_argument("--path", help="target path (and everything below it)")
-    p.add_argument("--action", help="e.g. secret.put, auth.login, watch")
-    p.add_argument("--outcome", choices=("allowed", "denied", "rejected", "error", "attempt"))
-    p.add_argument("--since", help="ISO 8601 time with zone")
-    p.add_argument("--until", help="ISO 8601 time with zone")
-    p.add_argument("--limit", type=int, default=100)
-    p.set_defaults(func=cmd_audit_list)
-    p = read_verb(asub.add_parser("verify", help="walk the hash chain, name the first bad row"))
-    p.set_defaults(func=cmd_audit_verify)
-
-
 def _add_datakey_verbs(sub: Subparsers) -> None:
     datakey = sub.add_parser("datakey", help="KMS data keys (ciphertext only)")
     dsub = datakey.add_subparsers(dest="verb", required=True)
@@ -495,9 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("logout", help="forget the cached token").set_defaults(func=cmd_logout)
     _add_node_verbs(sub)
     _add_secret_verbs(sub)
-    _add_audit_verbs(sub)
+    add_audit_verbs(sub)
     _add_datakey_verbs(sub)
-    _add_access_verbs(sub)
+    add_access_verbs(sub)
     p = sub.add_parser("iam-policy", help="least-privilege IAM policies (JSON)")
     p.add_argument("target", choices=("app", "server"))
     p.add_argument("path", nargs="?", help="for app: namespace/application[/child...]")

@@ -133,6 +133,7 @@ async def revoke(request: web.Request) -> web.Response:
 
 async def list_bindings(request: web.Request) -> web.Response:
     prefix = _prefix(request.query.get("path", ROOT))
+    request[AUDIT_TARGET] = prefix
     await authorize(request, "view", prefix)
     found = [
         b

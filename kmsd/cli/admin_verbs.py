@@ -1,0 +1,171 @@
+"""kmsctl verbs for people who run kmsd: whoami, access, app bind, iam-policy, audit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from kmsd.cli.client import Client, CliError, quote_path
+from kmsd.cli.output import Subparsers, emit, print_table, read_verb
+
+
+def cmd_whoami(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", "/v1/auth/whoami")
+
+    def text(d: dict[str, Any]) -> None:
+        print(f"{d['principal']}{' (bootstrap admin)' if d['admin'] else ''} from {d['source_ip']}")
+        print_table(
+            [
+                (str(b["id"]), b["path"], b["permission"], b["principal"], ",".join(b["cidrs"]))
+                for b in d["bindings"]
+            ],
+            ("ID", "PATH", "PERMISSION", "PATTERN", "CIDRS"),
+        )
+
+    emit(args, doc, text)
+
+
+def _grant(c: Client, principal: str, path: str, permission: str, cidrs: list[str]) -> None:
+    body = {"principal": principal, "path": path, "permission": permission, "cidrs": cidrs}
+    doc = c.call("POST", "/v1/bindings", body)
+    print(
+        f"binding {doc['id']}: {doc['principal']} may {doc['permission']} {doc['path']}"
+        + (f" from {', '.join(doc['cidrs'])}" if doc["cidrs"] else "")
+    )
+
+
+def cmd_access_grant(c: Client, args: argparse.Namespace) -> None:
+    _grant(c, args.principal, args.path, args.permission, args.cidr or [])
+
+
+def cmd_app_bind(c: Client, args: argparse.Namespace) -> None:
+    _grant(c, args.role, args.app, "read", args.cidr or [])
+
+
+def cmd_access_revoke(c: Client, args: argparse.Namespace) -> None:
+    c.call("DELETE", f"/v1/bindings/{args.id}")
+    print(f"binding {args.id} revoked")
+
+
+def cmd_access_list(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", "/v1/bindings?" + urlencode({"path": args.path}))
+    emit(
+        args,
+        doc,
+        lambda d: print_table(
+            [
+                (str(b["id"]), b["path"], b["permission"], b["principal"], ",".join(b["cidrs"]))
+                for b in d["bindings"]
+            ],
+            ("ID", "PATH", "PERMISSION", "PATTERN", "CIDRS"),
+        ),
+    )
+
+
+def cmd_iam_policy(c: Client, args: argparse.Namespace) -> None:
+    if args.target == "server":
+        doc = c.call("GET", "/v1/iam-policy/server")
+    else:
+        if not args.path:
+            raise CliError("iam-policy app needs PATH (namespace/application[/child...])")
+        query = urlencode([("source_cidr", cidr) for cidr in args.source_cidr or []])
+        doc = c.call(
+            "GET", f"/v1/iam-policy/app/{quote_path(args.path)}" + (f"?{query}" if query else "")
+        )
+    print(json.dumps(doc, indent=2))
+
+
+def add_access_verbs(sub: Subparsers) -> None:
+    access = sub.add_parser("access", help="bindings: who may do what under which path")
+    asub = access.add_subparsers(dest="verb", required=True)
+    p = asub.add_parser("grant", help="bind a principal pattern to a path prefix")
+    p.add_argument("principal", help="arn:aws:iam::ACCOUNT:role/NAME ('*' only in NAME)")
+    p.add_argument("path", help="path prefix, or '*' for everything")
+    p.add_argument("permission", choices=("read", "view", "edit", "rotate", "admin"))
+    p.add_argument("--cidr", action="append", help="calls must come from here (repeatable)")
+    p.set_defaults(func=cmd_access_grant)
+    p = asub.add_parser("revoke", help="remove a binding by id")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_access_revoke)
+    p = read_verb(asub.add_parser("list", help="bindings at or under a path"))
+    p.add_argument("path", nargs="?", default="*")
+    p.set_defaults(func=cmd_access_list)
+    app = sub.add_parser("app", help="applications")
+    appsub = app.add_subparsers(dest="verb", required=True)
+    p = appsub.add_parser("bind", help="let an application's hosts read it (a read binding)")
+    p.add_argument("app", help="NAMESPACE/APP")
+    p.add_argument("--role", required=True, help="the hosts' IAM role ARN (pattern)")
+    p.add_argument("--cidr", action="append", help="the hosts' networks (repeatable)")
+    p.set_defaults(func=cmd_app_bind)
+
+
+def cmd_audit_list(c: Client, args: argparse.Namespace) -> None:
+    params = {
+        k: v
+        for k, v in (
+            ("principal", args.principal),
+            ("path", args.path),
+            ("action", args.action),
+            ("since", args.since),
+            ("until", args.until),
+            ("outcome", args.outcome),
+            ("limit", str(args.limit)),
+        )
+        if v
+    }
+    doc = c.call("GET", "/v1/audit?" + urlencode(params))
+
+    def text(d: dict[str, Any]) -> None:
+        print_table(
+            [
+                (
+                    str(r["seq"]),
+                    r["at"],
+                    r["principal"] if r["principal"] != "-" else f"({r['claimed'] or 'anonymous'})",
+                    r["source_ip"],
+                    r["action"],
+                    r["target"],
+                    r["outcome"],
+                    str(r["status"]),
+                )
+                for r in d["rows"]
+            ],
+            ("SEQ", "AT", "PRINCIPAL", "IP", "ACTION", "TARGET", "OUTCOME", "STATUS"),
+        )
+
+    emit(args, doc, text)
+
+
+def cmd_audit_verify(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("POST", "/v1/audit/verify")
+
+    def text(d: dict[str, Any]) -> None:
+        if d["ok"]:
+            print(f"audit chain intact: {d['checked']} row(s) verified")
+        else:
+            print(
+                f"audit chain BROKEN at seq {d['first_broken_seq']} "
+                f"({d['checked']} row(s) before it verified)"
+            )
+
+    emit(args, doc, text)
+    if not doc["ok"]:
+        raise CliError(f"audit row {doc['first_broken_seq']} does not match the chain")
+
+
+def add_audit_verbs(sub: Subparsers) -> None:
+    audit = sub.add_parser("audit", help="the audit trail")
+    asub = audit.add_subparsers(dest="verb", required=True)
+    p = read_verb(asub.add_parser("list", help="recent audit rows, newest first"))
+    p.add_argument("--principal", help="exact principal ARN")
+    p.add_argument("--path", help="target path (and everything below it)")
+    p.add_argument("--action", help="e.g. secret.put, auth.login, watch")
+    p.add_argument("--outcome", choices=("allowed", "denied", "rejected", "error", "attempt"))
+    p.add_argument("--since", help="ISO 8601 time with zone")
+    p.add_argument("--until", help="ISO 8601 time with zone")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_audit_list)
+    p = read_verb(asub.add_parser("verify", help="walk the hash chain, name the first bad row"))
+    p.set_defaults(func=cmd_audit_verify)

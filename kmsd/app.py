@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import aiohttp
 import asyncpg
@@ -39,12 +40,14 @@ from kmsd.keys import (
     METRICS,
     POOL,
     PROFILE,
+    SCHEDULER,
     SESSIONS,
     SETTINGS,
     SM,
     WAKER,
 )
 from kmsd.metrics import Metrics
+from kmsd.scheduler import Scheduler
 from kmsd.tasks import cancel_quietly, supervise
 
 log = structlog.get_logger(__name__)
@@ -140,6 +143,27 @@ async def _answer_held_polls(app: web.Application) -> None:
         app[HUB].close()
 
 
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    scheduler = Scheduler(
+        dsn=settings.database_url,
+        pool=app[POOL],
+        sm=app[SM],
+        kms=app[KMS],
+        profile=app[PROFILE],
+        clock=app[CLOCK],
+        metrics=app[METRICS],
+        sm_prefix=settings.sm_prefix,
+        replica=settings.replica_id,
+        lead=timedelta(days=settings.rotation_lead_days),
+        tick_s=settings.scheduler_tick_s,
+    )
+    app[SCHEDULER] = scheduler
+    task = asyncio.create_task(supervise("scheduler", scheduler.run), name="kmsd-scheduler")
+    yield
+    await cancel_quietly(task)
+
+
 def create_app(
     settings: Settings, *, reconcile: bool = True, clock: Clock | None = None
 ) -> web.Application:
@@ -163,6 +187,7 @@ def create_app(
     app.cleanup_ctx.append(_aws)
     app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_hub)
+    app.cleanup_ctx.append(_scheduler)
     app.on_shutdown.append(_answer_held_polls)
     if reconcile:
         app.cleanup_ctx.append(_reconciler)

@@ -55,6 +55,8 @@ class Settings:
     allowed_cidrs: tuple[IpNetwork, ...] = ()
     bind_token_ip: bool = True
     security_profile: str | None = None  # path of a TOML profile; None: the shipped default
+    rotation_lead_days: int = 14
+    scheduler_tick_s: float = 5.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -106,6 +108,9 @@ class Settings:
             allowed_cidrs=_cidrs(env.get("KMSD_ALLOWED_CIDRS", ""), "KMSD_ALLOWED_CIDRS"),
             bind_token_ip=_bool(env.get("KMSD_BIND_TOKEN_IP", "true"), "KMSD_BIND_TOKEN_IP"),
             security_profile=env.get("KMSD_SECURITY_PROFILE") or None,
+            rotation_lead_days=_int(
+                env.get("KMSD_ROTATION_LEAD_DAYS", "14"), "KMSD_ROTATION_LEAD_DAYS", 1, 365
+            ),
         )
         for pattern in settings.admins:
             try:

@@ -17,6 +17,7 @@ from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
 from kmsd.metrics import Metrics
+from kmsd.scheduler import Scheduler
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -32,3 +33,4 @@ AUDIT = web.AppKey("audit", AuditWriter)
 BINDINGS = web.AppKey("bindings", BindingsCache)
 PROFILE = web.AppKey("profile", Profile)
 KMS = web.AppKey("kms", object)  # the guarded aiobotocore KMS client (untyped)
+SCHEDULER = web.AppKey("scheduler", Scheduler)

@@ -62,5 +62,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.expiring_hand_made = Gauge(
+            "kmsd_secrets_expiring_hand_made",
+            "Hand-made secrets expiring within the report window (they cannot rotate themselves)",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

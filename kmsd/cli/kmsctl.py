@@ -105,6 +105,18 @@ def cmd_secret_generate(c: Client, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_secret_expiring(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("GET", f"/v1/expiring?days={args.days}")
+    emit(
+        args,
+        doc,
+        lambda d: print_table(
+            [(f"{s['path']}/{s['name']}", s["kind"], s["expires_at"]) for s in d["secrets"]],
+            ("SECRET", "KIND", "EXPIRES"),
+        ),
+    )
+
+
 def cmd_datakey_create(c: Client, args: argparse.Namespace) -> None:
     body = {"cmk": args.cmk, "period_days": args.period}
     doc = c.call("POST", f"/v1/datakeys/{quote_path(args.path)}/{quote_path(args.name)}", body)
@@ -278,6 +290,13 @@ def _add_secret_verbs(sub: Subparsers) -> None:
     p.add_argument("--length", type=int, help="bits (RSA, HMAC) or characters (password)")
     p.add_argument("--lifetime", type=int, help="days (default and maximum from the profile)")
     p.set_defaults(func=cmd_secret_generate)
+    p = read_verb(
+        ssub.add_parser(
+            "expiring", help="hand-made secrets expiring soon (generated ones rotate themselves)"
+        )
+    )
+    p.add_argument("--days", type=int, default=30)
+    p.set_defaults(func=cmd_secret_expiring)
     p = read_verb(ssub.add_parser("show", help="show a secret's metadata and versions"))
     p.add_argument("path")
     p.add_argument("name")

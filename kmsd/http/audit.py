@@ -46,6 +46,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/bindings/{id}"): "binding.revoke",
     ("GET", "/v1/iam-policy/app/{path}"): "iam_policy.app",
     ("GET", "/v1/iam-policy/server"): "iam_policy.server",
+    ("GET", "/v1/expiring"): "secret.expiring",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
 }

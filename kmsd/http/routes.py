@@ -26,6 +26,7 @@ from kmsd.http.common import flag, json_body, json_response
 from kmsd.http.watch import adoption, watch
 from kmsd.keygen import generate
 from kmsd.keys import AUDIT, CLOCK, KMS, METRICS, POOL, PROFILE, SETTINGS, SM, WAKER
+from kmsd.scheduler import EXPIRING_HAND_MADE
 
 GENERATE_FIELDS = frozenset({"use", "algorithm", "length", "lifetime_days", "description"})
 PUT_SECRET_FIELDS = frozenset({"kind", "value", "value_b64", "description", "tags", "expires_at"})
@@ -281,6 +282,33 @@ async def audit_verify(request: web.Request) -> web.Response:
     return json_response({"ok": broken is None, "checked": checked, "first_broken_seq": broken})
 
 
+async def expiring(request: web.Request) -> web.Response:
+    """Hand-made secrets expiring within ?days= (default 30): they cannot rotate themselves."""
+    await authorize(request, "view", ROOT)
+    try:
+        days = int(request.query.get("days", "30"))
+    except ValueError:
+        raise InvalidInput("days must be an integer") from None
+    if not 0 <= days <= 3650:
+        raise InvalidInput("days must be between 0 and 3650")
+    horizon = request.app[CLOCK].now() + timedelta(days=days)
+    rows = await request.app[POOL].fetch(EXPIRING_HAND_MADE, horizon)
+    return json_response(
+        {
+            "days": days,
+            "secrets": [
+                {
+                    "path": r["path"],
+                    "name": r["name"],
+                    "kind": r["kind"],
+                    "expires_at": r["expires_at"].isoformat(),
+                }
+                for r in rows
+            ],
+        }
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Healthy only if PostgreSQL answers, the audit writer runs and LISTEN is connected."""
     await request.app[POOL].fetchval("SELECT 1")
@@ -394,5 +422,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/iam-policy/server", iam.server)
     app.router.add_get("/v1/audit", audit_list)
     app.router.add_post("/v1/audit/verify", audit_verify)
+    app.router.add_get("/v1/expiring", expiring)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -21,7 +21,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kmsd.db import store
-from kmsd.db.changes import record_change
+from kmsd.db.changes import record_secret_change
 from kmsd.domain.names import NodePath
 from kmsd.domain.tree import datakey_context
 from kmsd.errors import Conflict, InvalidInput, UpstreamError
@@ -102,7 +102,7 @@ async def new_data_key(
         await conn.execute(
             INSERT_VERSION, secret_id, version_id, created_by, answer["CiphertextBlob"]
         )
-        await record_change(conn, str(path), node["id"])
+        await record_secret_change(conn, str(path), node["id"], secret_id)
     log.info("data_key_added", path=str(path), name=name, version_id=version_id, cmk=key_arn)
     return {
         "path": str(path),

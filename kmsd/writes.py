@@ -32,7 +32,7 @@ import structlog
 
 from kmsd.aws.sm import SecretsWriter
 from kmsd.db import Conn, store
-from kmsd.db.changes import record_change
+from kmsd.db.changes import record_change, record_secret_change
 from kmsd.domain.names import NodePath
 from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
 
@@ -120,6 +120,11 @@ async def put_secret(
                         "or a node below it"
                     )
                 existing = await store.get_secret(conn, node["id"], req.name)
+                if await conn.fetchval(store.REF_ON_NODE, node["id"], req.name):
+                    raise Conflict(
+                        f"{str(req.path)!r} already has a reference named {req.name!r}; "
+                        "remove it or put the secret on another node"
+                    )
                 if existing is not None and existing["kind"] != req.kind:
                     raise Conflict(
                         f"secret {req.name!r} at {str(req.path)!r} is a {existing['kind']} "
@@ -213,7 +218,7 @@ async def _record(
     await conn.execute(_RETIRE_PREVIOUS, secret_id)
     await conn.execute(_DEMOTE_CURRENT, secret_id)
     await conn.execute(_INSERT_VERSION, secret_id, version_id, intent["created_by"])
-    await record_change(conn, intent["path"], node["id"])
+    await record_secret_change(conn, intent["path"], node["id"], secret_id)
     return True
 
 
@@ -224,6 +229,11 @@ async def delete_secret(pool: asyncpg.Pool, sm: SecretsWriter, path: NodePath, n
         secret = await store.get_secret(conn, node["id"], name)
         if secret is None:
             raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
+        if await conn.fetchval(store.IS_REFERENCED, secret["id"]):
+            raise Conflict(
+                f"secret {name!r} at {str(path)!r} is referenced by other applications; "
+                "unshare it (with remove_refs) first"
+            )
         await conn.execute(store.DELETE_SECRET, secret["id"])
         if secret["kind"] != "datakey":  # data keys live in PostgreSQL only
             await conn.execute(store.INSERT_OUTBOX, "delete", secret["sm_name"], None, "{}")

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from kmsd.cli.admin_verbs import add_access_verbs, add_audit_verbs, cmd_iam_policy, cmd_whoami
 from kmsd.cli.client import (
@@ -115,6 +116,30 @@ def cmd_secret_expiring(c: Client, args: argparse.Namespace) -> None:
             ("SECRET", "KIND", "EXPIRES"),
         ),
     )
+
+
+def cmd_share(c: Client, args: argparse.Namespace) -> None:
+    secret = f"{args.path}/{args.name}"
+    if args.remove:
+        query = urlencode(
+            {"secret": secret, "to": args.to, "remove_refs": str(args.remove_refs).lower()}
+        )
+        doc = c.call("DELETE", f"/v1/shares?{query}")
+        print(f"unshared {secret} from {args.to} ({doc['removed_refs']} reference(s) removed)")
+        return
+    c.call("POST", "/v1/shares", {"secret": secret, "to": args.to})
+    print(f"shared {secret} with {args.to}")
+
+
+def cmd_ref_create(c: Client, args: argparse.Namespace) -> None:
+    ref = f"{quote_path(args.path)}/{quote_path(args.local_name)}"
+    doc = c.call("PUT", f"/v1/refs/{ref}", {"target": args.target})
+    print(f"{doc['path']}/{doc['name']} -> {doc['target']}")
+
+
+def cmd_ref_delete(c: Client, args: argparse.Namespace) -> None:
+    c.call("DELETE", f"/v1/refs/{quote_path(args.path)}/{quote_path(args.local_name)}")
+    print(f"removed reference {args.path}/{args.local_name}")
 
 
 def cmd_datakey_create(c: Client, args: argparse.Namespace) -> None:
@@ -323,6 +348,31 @@ def _add_datakey_verbs(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_datakey_create)
 
 
+def _add_sharing_verbs(sub: Subparsers) -> None:
+    p = sub.add_parser("share", help="let another application reference a secret")
+    p.add_argument("path")
+    p.add_argument("name")
+    p.add_argument("--to", required=True, help="NAMESPACE/APP")
+    p.add_argument("--remove", action="store_true", help="unshare instead")
+    p.add_argument(
+        "--remove-refs",
+        action="store_true",
+        help="with --remove: also delete that application's references",
+    )
+    p.set_defaults(func=cmd_share)
+    ref = sub.add_parser("ref", help="references to secrets shared with this application")
+    rsub = ref.add_subparsers(dest="verb", required=True)
+    p = rsub.add_parser("create", help="put a shared secret into this tree under a local name")
+    p.add_argument("path")
+    p.add_argument("local_name")
+    p.add_argument("--target", required=True, help="PATH/NAME of the shared secret")
+    p.set_defaults(func=cmd_ref_create)
+    p = rsub.add_parser("delete", help="remove a reference")
+    p.add_argument("path")
+    p.add_argument("local_name")
+    p.set_defaults(func=cmd_ref_delete)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmsctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -334,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_secret_verbs(sub)
     add_audit_verbs(sub)
     _add_datakey_verbs(sub)
+    _add_sharing_verbs(sub)
     add_access_verbs(sub)
     p = sub.add_parser("iam-policy", help="least-privilege IAM policies (JSON)")
     p.add_argument("target", choices=("app", "server"))

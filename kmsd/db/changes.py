@@ -37,3 +37,15 @@ async def record_change(conn: Conn, path: str, node_id: int | None = None) -> in
     change_id: int = await conn.fetchval(INSERT_CHANGE, path)
     await conn.execute(NOTIFY, CHANNEL, str(change_id))
     return change_id
+
+
+REFERENCERS = """
+SELECT n.id, n.path FROM refs r JOIN nodes n ON n.id = r.node_id WHERE r.secret_id = $1
+"""
+
+
+async def record_secret_change(conn: Conn, path: str, node_id: int, secret_id: int) -> None:
+    """Record a change to one secret: its own node, and every node that references it."""
+    await record_change(conn, path, node_id)
+    for ref in await conn.fetch(REFERENCERS, secret_id):
+        await record_change(conn, ref["path"], ref["id"])

@@ -15,7 +15,7 @@ import asyncpg
 from kmsd.db import Conn
 from kmsd.db.changes import record_change
 from kmsd.domain.names import NodePath, kind_of_depth
-from kmsd.domain.tree import NodeSecrets, SecretMeta, SecretVersion
+from kmsd.domain.tree import NodeSecrets, RefMeta, SecretMeta, SecretVersion
 from kmsd.errors import Conflict, InvalidInput, NotFound
 
 GET_NODE = "SELECT id, path, depth, changed_seq FROM nodes WHERE path = $1"
@@ -36,16 +36,34 @@ SUBTREE_SECRETS = """
 SELECT s.sm_name FROM secrets s JOIN nodes n ON n.id = s.node_id
 WHERE (n.path = $1 OR n.path LIKE $2) AND s.kind <> 'datakey'
 """
+SUBTREE_REFERENCED = """
+SELECT count(DISTINCT s.id) FROM secrets s JOIN nodes n ON n.id = s.node_id
+JOIN refs r ON r.secret_id = s.id
+WHERE (n.path = $1 OR n.path LIKE $2) AND r.node_id NOT IN (
+    SELECT id FROM nodes WHERE path = $1 OR path LIKE $2)
+"""
 # Locks the whole subtree, so that no write can slip a secret into it while it is deleted.
 LOCK_SUBTREE = "SELECT id FROM nodes WHERE path = $1 OR path LIKE $2 FOR UPDATE"
 DELETE_NODE = "DELETE FROM nodes WHERE id = $1"
 SECRETS_OF_NODES = """
-SELECT s.id, s.node_id, s.name, s.kind, s.sm_arn, s.description, s.expires_at, s.cmk_arn,
-       v.version_id, v.stage, v.created_at AS version_created_at, v.ciphertext
+SELECT s.id AS group_id, s.node_id, s.name, s.kind, s.sm_arn, s.description, s.expires_at,
+       s.cmk_arn, v.version_id, v.stage, v.created_at AS version_created_at, v.ciphertext
 FROM secrets s JOIN secret_versions v ON v.secret_id = s.id
 WHERE s.node_id = ANY($1::bigint[])
 ORDER BY s.node_id, s.name, v.created_at
 """
+# A reference's target, one row per target version, grouped by the local name.
+REFS_OF_NODES = """
+SELECT r.node_id, r.local_name AS group_id, tn.path || '/' || t.name AS target_ref,
+       t.name, t.kind, t.sm_arn, t.description, t.expires_at, t.cmk_arn,
+       v.version_id, v.stage, v.created_at AS version_created_at, v.ciphertext
+FROM refs r JOIN secrets t ON t.id = r.secret_id JOIN nodes tn ON tn.id = t.node_id
+JOIN secret_versions v ON v.secret_id = t.id
+WHERE r.node_id = ANY($1::bigint[])
+ORDER BY r.node_id, r.local_name, v.created_at
+"""
+REF_ON_NODE = "SELECT 1 FROM refs WHERE node_id = $1 AND local_name = $2"
+IS_REFERENCED = "SELECT 1 FROM refs WHERE secret_id = $1 LIMIT 1"
 GET_SECRET = """
 SELECT s.id, s.name, s.kind, s.sm_name, s.sm_arn, s.description, s.tags::text AS tags,
        s.created_by, s.created_at, s.updated_at, s.expires_at, s.spec::text AS spec,
@@ -147,6 +165,12 @@ async def delete_node(conn: Conn, path: NodePath, *, recursive: bool) -> list[st
         )
     below = below_pattern(str(path))
     await conn.execute(LOCK_SUBTREE, str(path), below)
+    referenced = await conn.fetchval(SUBTREE_REFERENCED, str(path), below)
+    if referenced:
+        raise Conflict(
+            f"{referenced} secret(s) under {str(path)!r} are referenced by other applications; "
+            "unshare them (with remove_refs) first"
+        )
     sm_names = [r["sm_name"] for r in await conn.fetch(SUBTREE_SECRETS, str(path), below)]
     for name in sm_names:
         await conn.execute(INSERT_OUTBOX, "delete", name, None, "{}")
@@ -154,20 +178,17 @@ async def delete_node(conn: Conn, path: NodePath, *, recursive: bool) -> list[st
     return sm_names
 
 
-async def load_secrets(conn: Conn, nodes: Sequence[asyncpg.Record]) -> list[NodeSecrets]:
-    """Load the secret metadata of ``nodes``, keeping their order."""
-    rows = await conn.fetch(SECRETS_OF_NODES, [n["id"] for n in nodes])
-    by_node: dict[int, dict[int, tuple[asyncpg.Record, list[SecretVersion]]]] = {}
+def _metas(rows: Sequence[asyncpg.Record], key: str) -> dict[Any, dict[Any, SecretMeta]]:
+    """Group secret rows (one per version) into SecretMeta, by ``key`` then by secret."""
+    grouped: dict[Any, dict[Any, tuple[asyncpg.Record, list[SecretVersion]]]] = {}
     for r in rows:
-        secrets = by_node.setdefault(r["node_id"], {})
-        entry = secrets.setdefault(r["id"], (r, []))
+        entry = grouped.setdefault(r[key], {}).setdefault(r["group_id"], (r, []))
         entry[1].append(
             SecretVersion(r["version_id"], r["stage"], r["version_created_at"], r["ciphertext"])
         )
-    chain = []
-    for n in nodes:
-        metas = tuple(
-            SecretMeta(
+    return {
+        k: {
+            g: SecretMeta(
                 name=r["name"],
                 kind=r["kind"],
                 sm_arn=r["sm_arn"],
@@ -176,9 +197,26 @@ async def load_secrets(conn: Conn, nodes: Sequence[asyncpg.Record]) -> list[Node
                 description=r["description"],
                 cmk_arn=r["cmk_arn"],
             )
-            for r, versions in by_node.get(n["id"], {}).values()
+            for g, (r, versions) in by_secret.items()
+        }
+        for k, by_secret in grouped.items()
+    }
+
+
+async def load_secrets(conn: Conn, nodes: Sequence[asyncpg.Record]) -> list[NodeSecrets]:
+    """Load the secrets and references of ``nodes``, keeping their order."""
+    ids = [n["id"] for n in nodes]
+    own = _metas(await conn.fetch(SECRETS_OF_NODES, ids), "node_id")
+    ref_rows = await conn.fetch(REFS_OF_NODES, ids)
+    shared = _metas(ref_rows, "node_id")
+    targets = {(r["node_id"], r["group_id"]): r["target_ref"] for r in ref_rows}
+    chain = []
+    for n in nodes:
+        refs = tuple(
+            RefMeta(local_name, meta, targets[(n["id"], local_name)])
+            for local_name, meta in shared.get(n["id"], {}).items()
         )
-        chain.append(NodeSecrets(n["path"], metas))
+        chain.append(NodeSecrets(n["path"], tuple(own.get(n["id"], {}).values()), refs))
     return chain
 
 

@@ -61,6 +61,7 @@ def app_policy(
     labels: Sequence[str] = OWNER_LABELS,
     source_cidrs: Sequence[str] = (),
     keys: Sequence[KeyUse] = (),
+    shared_arns: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The policy an application's hosts need, and nothing more."""
     network: dict[str, Any] = (
@@ -77,6 +78,21 @@ def app_policy(
                 "Resource": arns,
                 "Condition": {
                     "ForAnyValue:StringEquals": {"secretsmanager:VersionStage": list(labels)},
+                    **network,
+                },
+            }
+        )
+    shared = sorted(set(shared_arns) - set(arns))
+    if shared:
+        # Secrets other applications share with this one: the current version only.
+        statements.append(
+            {
+                "Sid": "ReadSharedSecretsCurrentOnly",
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": shared,
+                "Condition": {
+                    "ForAnyValue:StringEquals": {"secretsmanager:VersionStage": ["AWSCURRENT"]},
                     **network,
                 },
             }

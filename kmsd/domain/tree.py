@@ -50,11 +50,21 @@ class SecretMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class RefMeta:
+    """A reference on a node: a secret shared by another application, under a local name."""
+
+    local_name: str
+    target: SecretMeta
+    target_ref: str  # "path/name" of the shared secret
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSecrets:
-    """The secrets attached to one node of a chain."""
+    """The secrets (and references) attached to one node of a chain."""
 
     path: str
     secrets: tuple[SecretMeta, ...]
+    refs: tuple[RefMeta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +72,29 @@ class EffectiveEntry:
     secret: SecretMeta
     source: str
     overrides: tuple[str, ...]
+    name: str = ""  # the local name (differs from secret.name for a reference)
+    via: str | None = None  # for a reference: the node that holds it
 
 
 def resolve(chain: Sequence[NodeSecrets]) -> list[EffectiveEntry]:
     """Resolve a chain ordered from the application down to the leaf, sorted by name."""
     winners: dict[str, EffectiveEntry] = {}
+
+    def shadowed(name: str) -> tuple[str, ...]:
+        above = winners.get(name)
+        return (above.source, *above.overrides) if above is not None else ()
+
     for node in chain:
         for secret in node.secrets:
-            shadowed = winners.get(secret.name)
-            overrides: tuple[str, ...] = ()
-            if shadowed is not None:
-                overrides = (shadowed.source, *shadowed.overrides)
-            winners[secret.name] = EffectiveEntry(secret, node.path, overrides)
+            winners[secret.name] = EffectiveEntry(
+                secret, node.path, shadowed(secret.name), secret.name
+            )
+        # A reference is one more secret of its node, under its local name: the same override
+        # rules apply, and its source names the shared secret it comes from.
+        for ref in node.refs:
+            winners[ref.local_name] = EffectiveEntry(
+                ref.target, ref.target_ref, shadowed(ref.local_name), ref.local_name, node.path
+            )
     return [winners[name] for name in sorted(winners)]
 
 
@@ -97,21 +118,29 @@ def entry_document(entry: EffectiveEntry) -> dict[str, Any]:
     """Render one entry as the API shows it: metadata and usable version ids, never a value."""
     secret = entry.secret
     doc: dict[str, Any] = {
-        "name": secret.name,
+        "name": entry.name or secret.name,
         "kind": secret.kind,
         "source": entry.source,
         "overrides": list(entry.overrides),
         "sm_arn": secret.sm_arn,
         "expires_at": secret.expires_at.isoformat() if secret.expires_at else None,
     }
+    if entry.via is not None:
+        # A referencing application sees the current version only.
+        doc["via"] = entry.via
+        stages = frozenset({"current"})
+    else:
+        stages = OWNER_STAGES
     if secret.kind != "datakey":
         doc["versions"] = [
-            {"version_id": v.version_id, "stage": v.stage} for v in usable_versions(secret.versions)
+            {"version_id": v.version_id, "stage": v.stage}
+            for v in usable_versions(secret.versions, stages)
         ]
         return doc
     # Every data key but a revoked one stays listed, newest first: old data needs old keys.
     doc["cmk_arn"] = secret.cmk_arn
-    doc["encryption_context"] = datakey_context(entry.source, secret.name)
+    owner = entry.source.rsplit("/", 1)[0] if entry.via is not None else entry.source
+    doc["encryption_context"] = datakey_context(owner, secret.name)
     doc["versions"] = [
         {
             "version_id": v.version_id,
@@ -120,7 +149,7 @@ def entry_document(entry: EffectiveEntry) -> dict[str, Any]:
             "ciphertext_blob": base64.b64encode(v.ciphertext or b"").decode("ascii"),
         }
         for v in sorted(secret.versions, key=lambda v: v.created_at, reverse=True)
-        if v.stage != "revoked"
+        if v.stage != "revoked" and (entry.via is None or v.stage == "current")
     ]
     return doc
 

@@ -47,6 +47,10 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/iam-policy/app/{path}"): "iam_policy.app",
     ("GET", "/v1/iam-policy/server"): "iam_policy.server",
     ("GET", "/v1/expiring"): "secret.expiring",
+    ("POST", "/v1/shares"): "share.create",
+    ("DELETE", "/v1/shares"): "share.delete",
+    ("PUT", "/v1/refs/{ref}"): "ref.create",
+    ("DELETE", "/v1/refs/{ref}"): "ref.delete",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
 }

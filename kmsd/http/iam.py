@@ -17,6 +17,13 @@ from kmsd.keys import POOL, SETTINGS
 
 # Secrets an application's hosts may meet: on its chain (application down to the path) and
 # anywhere in the path's subtree (its clusters' own secrets).
+# Shared secrets referenced on the chain or in the subtree (path: the owner's node).
+APP_REFERENCED = """
+SELECT t.kind, t.sm_arn, t.cmk_arn, t.name, tn.path FROM refs r
+JOIN nodes n ON n.id = r.node_id JOIN secrets t ON t.id = r.secret_id
+JOIN nodes tn ON tn.id = t.node_id
+WHERE n.path = ANY($1::text[]) OR n.path LIKE $2
+"""
 APP_SECRETS = """
 SELECT s.kind, s.sm_arn, s.cmk_arn, s.name, n.path FROM secrets s JOIN nodes n ON n.id = s.node_id
 WHERE n.path = ANY($1::text[]) OR n.path LIKE $2
@@ -40,7 +47,14 @@ async def app(request: web.Request) -> web.Response:
         if r["kind"] == "datakey"
     ]
     arns = [r["sm_arn"] for r in rows if r["kind"] != "datakey"]
-    return json_response(app_policy(arns, source_cidrs=cidrs, keys=keys))
+    shared = await pool.fetch(APP_REFERENCED, chain, store.below_pattern(str(path)))
+    keys += [
+        KeyUse(r["cmk_arn"], tuple(sorted(datakey_context(r["path"], r["name"]).items())))
+        for r in shared
+        if r["kind"] == "datakey"
+    ]
+    shared_arns = [r["sm_arn"] for r in shared if r["kind"] != "datakey"]
+    return json_response(app_policy(arns, source_cidrs=cidrs, keys=keys, shared_arns=shared_arns))
 
 
 async def server(request: web.Request) -> web.Response:

@@ -128,6 +128,8 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
     cache = workdir / ".cache" / "kmsctl" / "tokens.json"
     assert cache.stat().st_mode & 0o777 == 0o600
     assert "kmsd-dev-operator (bootstrap admin)" in out
+    billing = out.split("prod/billing  path_version=")[1].splitlines()
+    assert billing[2].split()[:3] == ["payments-api-key", "json", "prod/payments/api-key"]
     blue = out.split("prod/payments/us-east-1/blue  path_version=")[1]
     table = blue.splitlines()[2:]
     rows = {line.split()[0]: line.split() for line in table[: table.index("{")]}

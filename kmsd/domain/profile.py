@@ -72,9 +72,18 @@ class UseRule:
     alphabet: str = ""
 
 
+# Hand-made secrets expire too (they cannot rotate themselves, so they are reported instead).
+DEFAULT_HAND_MADE_LIFETIME_DAYS = 365
+
+
 class Profile:
-    def __init__(self, rules: Mapping[str, UseRule]) -> None:
+    def __init__(
+        self,
+        rules: Mapping[str, UseRule],
+        hand_made_lifetime_days: int = DEFAULT_HAND_MADE_LIFETIME_DAYS,
+    ) -> None:
         self.rules = dict(rules)
+        self.hand_made_lifetime_days = hand_made_lifetime_days
 
     @classmethod
     def from_toml(cls, text: str, source: str = "profile") -> Profile:
@@ -84,6 +93,15 @@ class Profile:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML ({exc})") from None
         rules: dict[str, UseRule] = {}
+        hand_made = doc.pop("hand-made", {})
+        try:
+            lifetime = int(hand_made.get("default_lifetime_days", DEFAULT_HAND_MADE_LIFETIME_DAYS))
+        except (TypeError, ValueError, AttributeError):
+            raise ConfigError(
+                f"{source}: hand-made.default_lifetime_days must be a number"
+            ) from None
+        if not 1 <= lifetime <= 3650:
+            raise ConfigError(f"{source}: hand-made.default_lifetime_days must be 1-3650")
         for use, raw in doc.items():
             if use not in USES:
                 raise ConfigError(f"{source}: unknown use {use!r} (uses: {', '.join(USES)})")
@@ -91,7 +109,7 @@ class Profile:
         missing = [u for u in USES if u not in rules]
         if missing:
             raise ConfigError(f"{source}: no rules for {', '.join(missing)}")
-        return cls(rules)
+        return cls(rules, lifetime)
 
     def check(
         self,

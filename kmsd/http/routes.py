@@ -100,7 +100,9 @@ async def put_secret(request: web.Request) -> web.Response:
                 created_by=who.arn,
                 description=_description(doc),
                 tags=_tags(doc),
-                expires_at=_expires_at(doc),
+                expires_at=_expires_at(doc)
+                or request.app[CLOCK].now()
+                + timedelta(days=request.app[PROFILE].hand_made_lifetime_days),
             ),
         )
     )

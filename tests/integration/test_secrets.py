@@ -344,3 +344,14 @@ async def test_an_ambiguous_aws_failure_keeps_the_intent_for_the_reconciler(
     assert counts["dropped"] == 1
     assert await db.fetchval("SELECT count(*) FROM sm_outbox") == 0
     assert intent["version_id"]
+
+
+async def test_hand_made_secrets_get_the_profile_default_expiry(api: Api) -> None:
+    from datetime import UTC, datetime
+
+    await _app_node(api)
+    await api.put_json("prod/payments/db", {"a": "b"})
+    meta = await api.ok("GET", "/v1/secrets/prod/payments/db")
+    expires = datetime.fromisoformat(meta["expires_at"])
+    assert abs(expires - (datetime.now(UTC) + timedelta(days=365))) < timedelta(minutes=1)
+    assert meta["generated"] is None

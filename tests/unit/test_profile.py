@@ -73,3 +73,9 @@ def test_a_broken_profile_is_a_config_error(text: str, phrase: str) -> None:
 def test_unreadable_profile_path() -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_profile("/nonexistent/profile.toml")
+
+
+def test_hand_made_lifetime() -> None:
+    assert DEFAULT.hand_made_lifetime_days == 365
+    with pytest.raises(ConfigError, match="hand-made"):
+        Profile.from_toml("[hand-made]\ndefault_lifetime_days = 0\n")

@@ -62,6 +62,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.scheduler_leader = Gauge(
+            "kmsd_scheduler_leader",
+            "1 while this replica runs the rotation scheduler",
+            registry=self.registry,
+        )
         self.expiring_hand_made = Gauge(
             "kmsd_secrets_expiring_hand_made",
             "Hand-made secrets expiring within the report window (they cannot rotate themselves)",

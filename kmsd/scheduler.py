@@ -93,11 +93,13 @@ class Scheduler:
                     )
                     if self.leader:
                         log.info("scheduler_leader", replica=self.replica)
+                        self.metrics.scheduler_leader.set(1)
                 if self.leader:
                     await self.tick()
                 await asyncio.sleep(self.tick_s)
         finally:
             self.leader = False
+            self.metrics.scheduler_leader.set(0)
             if not conn.is_closed():
                 await conn.close()
 

@@ -71,6 +71,12 @@ class Replica:
         match = re.search(r"^kmsd_watch_held_polls (\S+)$", text, re.M)
         return float(match[1]) if match else 0.0
 
+    def gauge(self, name: str) -> float:
+        with urllib.request.urlopen(self.addr + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        match = re.search(rf"^{name} (\S+)$", text, re.M)
+        return float(match[1]) if match else 0.0
+
     def stop(self) -> tuple[int, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -246,3 +252,17 @@ def test_a_client_that_hangs_up_leaves_no_held_poll(
         sock.sendall(request)
         wait_until(lambda: a.held_polls() == 1, "the poll to be held")
     wait_until(lambda: a.held_polls() == 0, "the departed client's poll to be dropped")
+
+
+def test_the_scheduler_moves_to_the_other_replica_when_its_leader_is_killed(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    wait_until(
+        lambda: a.gauge("kmsd_scheduler_leader") + b.gauge("kmsd_scheduler_leader") == 1,
+        "exactly one scheduler leader",
+    )
+    leader, follower = (a, b) if a.gauge("kmsd_scheduler_leader") == 1 else (b, a)
+    leader.proc.send_signal(signal.SIGKILL)  # no clean shutdown: PostgreSQL ends its session
+    leader.proc.wait(timeout=DEADLINE_S)
+    wait_until(lambda: follower.gauge("kmsd_scheduler_leader") == 1, "the follower to take over")

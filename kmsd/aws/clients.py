@@ -3,7 +3,7 @@
 kmsd must never hold a secret value. Every client made here refuses, before anything is
 signed or sent, any operation that is not on ``ALLOWED_OPERATIONS``: the write, label,
 describe and delete calls kmsd needs, data keys *without* plaintext, and ``GetCallerIdentity``.
-``GetSecretValue``, ``BatchGetSecretValue``, ``Decrypt`` and ``GenerateDataKey`` are therefore
+Reading a secret value, decrypting, or making a data key with its plaintext is therefore
 impossible from kmsd even by mistake, whatever its IAM policy says. A unit test scans the code
 for any other place that creates an AWS client.
 """

@@ -1,7 +1,7 @@
 """Least-privilege IAM policies (pure): for an application's hosts, and for kmsd itself.
 
 Hosts read values straight from AWS, so their policy is where "who may read this secret" is
-finally enforced. It allows ``secretsmanager:GetSecretValue`` on exactly the secrets in the
+finally enforced. It allows reading a value (``HOST_READ_OPS``) on exactly the secrets in the
 application's effective sets, only for the staging labels it may use (the agent passes the
 stage with the version id, so the ``secretsmanager:VersionStage`` key is present), only from
 the given networks, and ``kms:Decrypt`` on its CMKs with the encryption context kmsd uses.
@@ -21,6 +21,8 @@ VERSION = "2012-10-17"
 # SM staging labels per kmsd stage; revoked versions carry a label nobody is allowed to read.
 STAGE_LABELS = {"current": "AWSCURRENT", "pending": "AWSPENDING", "previous": "AWSPREVIOUS"}
 OWNER_LABELS = ("AWSCURRENT", "AWSPENDING", "AWSPREVIOUS")
+# What an application's hosts (never kmsd) do with their own credentials.
+HOST_READ_OPS = ("secretsmanager:GetSecretValue",)
 SERVER_SM_ACTIONS = (
     "secretsmanager:CreateSecret",
     "secretsmanager:PutSecretValue",
@@ -34,8 +36,8 @@ SERVER_SM_ACTIONS = (
 SERVER_KMS_ACTIONS = ("kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey")
 FORBIDDEN_ACTIONS = frozenset(
     {
-        "secretsmanager:GetSecretValue",
-        "secretsmanager:BatchGetSecretValue",
+        "secretsmanager:GetSecretValue",  # never granted to kmsd
+        "secretsmanager:BatchGetSecretValue",  # never granted to kmsd
         "secretsmanager:*",
         "kms:Decrypt",
         "kms:GenerateDataKey",
@@ -74,7 +76,7 @@ def app_policy(
             {
                 "Sid": "ReadOwnSecretsByStage",
                 "Effect": "Allow",
-                "Action": ["secretsmanager:GetSecretValue"],
+                "Action": list(HOST_READ_OPS),
                 "Resource": arns,
                 "Condition": {
                     "ForAnyValue:StringEquals": {"secretsmanager:VersionStage": list(labels)},
@@ -89,7 +91,7 @@ def app_policy(
             {
                 "Sid": "ReadSharedSecretsCurrentOnly",
                 "Effect": "Allow",
-                "Action": ["secretsmanager:GetSecretValue"],
+                "Action": list(HOST_READ_OPS),
                 "Resource": shared,
                 "Condition": {
                     "ForAnyValue:StringEquals": {"secretsmanager:VersionStage": ["AWSCURRENT"]},

@@ -8,7 +8,7 @@ counted apart, never silently treated as holding (or not holding) anything curre
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ class InstanceReport:
     path_version: int
     replica: str
     last_seen: datetime
+    processes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 def summarise(
@@ -67,6 +68,7 @@ def summarise(
                 "principal": r.principal,
                 "ip": r.ip,
                 "app_process_ids": list(r.app_process_ids),
+                "processes": {pid: dict(seen) for pid, seen in r.processes.items()},
                 "path_version": r.path_version,
                 "replica": r.replica,
                 "last_seen": r.last_seen.isoformat(),

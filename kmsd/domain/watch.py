@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kmsd.domain.names import NodePath, check_segment
@@ -13,7 +13,9 @@ from kmsd.errors import InvalidInput
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 MAX_PROCESS_IDS = 1024
 MAX_HELD = 1000
-WATCH_FIELDS = frozenset({"path", "path_version", "instance_id", "app_process_ids", "held"})
+WATCH_FIELDS = frozenset(
+    {"path", "path_version", "instance_id", "app_process_ids", "held", "processes"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,8 @@ class WatchRequest:
     instance_id: str
     app_process_ids: tuple[str, ...]
     held: dict[str, str]
+    # Per application process: the version of each secret it last read through the agent.
+    processes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
@@ -49,14 +53,34 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
         if isinstance(pid, bool) or not isinstance(pid, str | int) or len(str(pid)) > 64:
             raise InvalidInput("each app process id must be a string or integer (<= 64 chars)")
         clean_pids.append(str(pid))
-    held = doc.get("held", {})
+    held = _held(doc.get("held", {}), "'held'")
+    processes = doc.get("processes", {})
+    if not isinstance(processes, dict) or len(processes) > MAX_PROCESS_IDS:
+        raise InvalidInput(
+            f"'processes' must be an object of at most {MAX_PROCESS_IDS} pid: {{name: version_id}}"
+        )
+    for pid in processes:
+        if not 0 < len(pid) <= 64:
+            raise InvalidInput("each process id in 'processes' must be 1-64 characters")
+    reads = {pid: _held(seen, f"'processes.{pid}'") for pid, seen in processes.items()}
+    # A process that reported what it read is a process that reads from this instance.
+    clean_pids.extend(pid for pid in reads if pid not in clean_pids)
+    if len(clean_pids) > MAX_PROCESS_IDS:
+        raise InvalidInput(f"at most {MAX_PROCESS_IDS} app process ids per instance")
+    return WatchRequest(path, version, instance, tuple(clean_pids), held, reads)
+
+
+def _held(held: Any, field_name: str) -> dict[str, str]:
+    """A ``{secret name: version id}`` map, as agents report what they (or a process) hold."""
     if not isinstance(held, dict) or len(held) > MAX_HELD:
-        raise InvalidInput(f"'held' must be an object of at most {MAX_HELD} name: version_id")
+        raise InvalidInput(
+            f"{field_name} must be an object of at most {MAX_HELD} name: version_id"
+        )
     for name, version_id in held.items():
-        check_segment(name, "secret name in 'held'")
+        check_segment(name, f"secret name in {field_name}")
         if not isinstance(version_id, str) or not 0 < len(version_id) <= 128:
-            raise InvalidInput("each 'held' version id must be a non-empty string")
-    return WatchRequest(path, version, instance, tuple(clean_pids), dict(held))
+            raise InvalidInput(f"each version id in {field_name} must be a non-empty string")
+    return dict(held)
 
 
 def parse_timeout(raw: str | None, *, default: float, maximum: float) -> float:

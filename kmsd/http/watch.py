@@ -49,6 +49,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
             held=req.held,
             path_version=req.path_version,
             seen_at=request.app[CLOCK].now(),
+            processes=req.processes,
         )
     )
     parked = await hub.park(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)
@@ -82,6 +83,7 @@ async def adoption(request: web.Request) -> web.Response:
             ip=r["ip"],
             app_process_ids=tuple(r["app_process_ids"]),
             held=orjson.loads(r["held"]),
+            processes=orjson.loads(r["processes"]),
             path_version=r["path_version"],
             replica=r["replica"],
             last_seen=r["last_seen"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -22,16 +22,18 @@ from kmsd.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 FLUSH = """
-INSERT INTO adoption (path, instance_id, principal, ip, app_process_ids, held, path_version,
-                      replica, last_seen)
+INSERT INTO adoption (path, instance_id, principal, ip, app_process_ids, held, processes,
+                      path_version, replica, last_seen)
 SELECT r.path, r.instance_id, r.principal, r.ip,
-       ARRAY(SELECT jsonb_array_elements_text(r.pids)), r.held, r.path_version, $9, r.last_seen
+       ARRAY(SELECT jsonb_array_elements_text(r.pids)), r.held, r.processes, r.path_version, $10,
+       r.last_seen
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-            $7::bigint[], $8::timestamptz[])
-     AS r(path, instance_id, principal, ip, pids, held, path_version, last_seen)
+            $7::jsonb[], $8::bigint[], $9::timestamptz[])
+     AS r(path, instance_id, principal, ip, pids, held, processes, path_version, last_seen)
 ON CONFLICT (path, instance_id) DO UPDATE
 SET principal = EXCLUDED.principal, ip = EXCLUDED.ip,
     app_process_ids = EXCLUDED.app_process_ids, held = EXCLUDED.held,
+    processes = EXCLUDED.processes,
     path_version = EXCLUDED.path_version, replica = EXCLUDED.replica,
     last_seen = EXCLUDED.last_seen
 WHERE adoption.last_seen <= EXCLUDED.last_seen
@@ -41,8 +43,8 @@ WHERE adoption.last_seen <= EXCLUDED.last_seen
        OR adoption.last_seen < EXCLUDED.last_seen - interval '10 minutes')
 """
 ROWS_OF_PATH = """
-SELECT instance_id, principal, ip, app_process_ids, held::text AS held, path_version, replica,
-       last_seen
+SELECT instance_id, principal, ip, app_process_ids, held::text AS held,
+       processes::text AS processes, path_version, replica, last_seen
 FROM adoption WHERE path = $1 ORDER BY instance_id
 """
 # Reports older than this are forgotten entirely (stale ones are shown long before).
@@ -60,6 +62,7 @@ class Report:
     held: dict[str, str]
     path_version: int
     seen_at: datetime
+    processes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class AdoptionBuffer:
@@ -88,6 +91,7 @@ class AdoptionBuffer:
                 [r.ip for r in batch],
                 [orjson.dumps(list(r.app_process_ids)).decode() for r in batch],
                 [orjson.dumps(r.held).decode() for r in batch],
+                [orjson.dumps(r.processes).decode() for r in batch],
                 [r.path_version for r in batch],
                 [r.seen_at for r in batch],
                 self._replica,

@@ -222,6 +222,20 @@ async def test_adoption_reflects_polls_and_marks_stale_instances(
     assert (version_row["count"], version_row["live"], version_row["stale"]) == (2, 1, 1)
 
 
+async def test_adoption_shows_what_each_app_process_read(api: Api) -> None:
+    version = await _tree(api)
+    doc = await api.effective("prod/pay/eu")
+    db_version = doc["secrets"][0]["versions"][0]["version_id"]
+    reads = {"4242": {"db": db_version}, "web-7": {}}
+    await poll(api, "prod/pay/eu", version, hold=0, instance="i-a", processes=reads)
+    await poll(api, "prod/pay/eu", version, hold=0, instance="i-b")
+    report = await api.ok("GET", "/v1/adoption/prod/pay/eu")
+    by_id = {i["instance_id"]: i for i in report["instances"]}
+    assert by_id["i-a"]["processes"] == reads
+    assert by_id["i-a"]["app_process_ids"] == ["4242", "web-7"]
+    assert by_id["i-b"]["processes"] == {}
+
+
 async def test_adoption_merges_what_all_replicas_flushed(
     api: Api, make_client: ClientFactory, admin: Identity, moto_endpoint: str
 ) -> None:

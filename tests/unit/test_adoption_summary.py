@@ -88,6 +88,7 @@ def test_summary_instances_entries(summary: dict[str, Any]) -> None:
         "principal": "role/i-3",
         "ip": "10.0.0.1",
         "app_process_ids": ["100", "101"],
+        "processes": {},
         "path_version": 1,
         "replica": "r-a",
         "last_seen": "2030-01-02T03:03:55+00:00",

@@ -118,7 +118,31 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("held version id empty", body(held={"a": ""})),
     ("held version id 129 chars", body(held={"a": "x" * 129})),
     ("held too many", body(held={f"s{i}": "v" for i in range(MAX_HELD + 1)})),
+    ("processes a list", body(processes=[["p1", {"a": "v1"}]])),
+    ("processes empty pid", body(processes={"": {"a": "v1"}})),
+    ("processes 65-char pid", body(processes={"x" * 65: {"a": "v1"}})),
+    ("processes value not a dict", body(processes={"p1": "v1"})),
+    ("processes bad name", body(processes={"p1": {"A": "v1"}})),
+    ("processes version id int", body(processes={"p1": {"a": 1}})),
+    ("processes too many", body(processes={f"p{i}": {} for i in range(MAX_PROCESS_IDS + 1)})),
+    (
+        "processes and pids together too many",
+        body(
+            app_process_ids=[f"q{i}" for i in range(MAX_PROCESS_IDS)],
+            processes={"p1": {"a": "v1"}},
+        ),
+    ),
 ]
+
+
+def test_parse_watch_processes_are_app_processes_too() -> None:
+    req = parse_watch(body(app_process_ids=["7"], processes={"7": {"a": "v1"}, "9": {}}))
+    assert req.processes == {"7": {"a": "v1"}, "9": {}}
+    assert req.app_process_ids == ("7", "9")
+
+
+def test_parse_watch_without_processes() -> None:
+    assert parse_watch(BASE).processes == {}
 
 
 @pytest.mark.parametrize("doc", [d for _, d in INVALID], ids=[name for name, _ in INVALID])

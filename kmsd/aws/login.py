@@ -7,6 +7,7 @@ request does, and it is good for one thing (identifying the caller to this kmsd)
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -38,6 +39,16 @@ def sign_login(
         "iam_request_body": _b64(LOGIN_BODY.encode()),
         "iam_request_headers": _b64(orjson.dumps(headers)),
     }
+
+
+def sts_endpoint_from_env(region: str, env: Mapping[str, str]) -> str:
+    """Where to send the login's GetCallerIdentity: kmsd forwards it only to its own STS."""
+    return (
+        env.get("KMSD_STS_ENDPOINT")
+        or env.get("AWS_ENDPOINT_URL_STS")
+        or env.get("AWS_ENDPOINT_URL")
+        or f"https://sts.{region}.amazonaws.com"
+    )
 
 
 def _b64(raw: bytes) -> str:

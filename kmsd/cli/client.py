@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kmsd.aws.login import sign_login
+from kmsd.aws.login import sign_login, sts_endpoint_from_env
 
 TIMEOUT_S = 30
 
@@ -47,12 +47,7 @@ class Client:
         if credentials is None:
             raise CliError("no AWS credentials found (environment, profile or instance role)")
         region = session.get_config_variable("region") or "us-east-1"
-        sts = (
-            os.environ.get("KMSD_STS_ENDPOINT")
-            or os.environ.get("AWS_ENDPOINT_URL_STS")
-            or os.environ.get("AWS_ENDPOINT_URL")
-            or f"https://sts.{region}.amazonaws.com"
-        )
+        sts = sts_endpoint_from_env(region, os.environ)
         body = sign_login(
             credentials.get_frozen_credentials(),
             region=region,

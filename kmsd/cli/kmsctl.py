@@ -85,7 +85,11 @@ def cmd_secret_put(c: Client, args: argparse.Namespace) -> None:
         body["expires_at"] = args.expires_at
     doc = c.call("PUT", f"/v1/secrets/{quote_path(args.path)}/{quote_path(args.name)}", body)
     verb = "created" if doc["created"] else "new version of"
-    print(f"{verb} {doc['path']}/{doc['name']} ({doc['kind']}): version {doc['version_id']}")
+    emit(
+        args,
+        doc,
+        lambda d: print(f"{verb} {d['path']}/{d['name']} ({d['kind']}): version {d['version_id']}"),
+    )
 
 
 def cmd_secret_generate(c: Client, args: argparse.Namespace) -> None:
@@ -306,7 +310,7 @@ def _add_secret_verbs(sub: Subparsers) -> None:
     p.add_argument("--description", default="")
     p.add_argument("--tag", action="append", help="KEY=VALUE (repeatable)")
     p.add_argument("--expires-at", help="ISO 8601 time with zone")
-    p.set_defaults(func=cmd_secret_put)
+    read_verb(p).set_defaults(func=cmd_secret_put)
     p = ssub.add_parser("generate", help="generate a key by the security profile (to SM only)")
     p.add_argument("path")
     p.add_argument("name")

@@ -73,9 +73,7 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
 def _held(held: Any, field_name: str) -> dict[str, str]:
     """A ``{secret name: version id}`` map, as agents report what they (or a process) hold."""
     if not isinstance(held, dict) or len(held) > MAX_HELD:
-        raise InvalidInput(
-            f"{field_name} must be an object of at most {MAX_HELD} name: version_id"
-        )
+        raise InvalidInput(f"{field_name} must be an object of at most {MAX_HELD} name: version_id")
     for name, version_id in held.items():
         check_segment(name, f"secret name in {field_name}")
         if not isinstance(version_id, str) or not 0 < len(version_id) <= 128:

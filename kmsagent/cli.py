@@ -1,0 +1,238 @@
+"""``kmsagent run``: the agent every host runs (see docs/agent.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import secrets
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from kmsagent.api import local_app
+from kmsagent.aws import Reader
+from kmsagent.creds import (
+    DEFAULT_CREDENTIALS_FILE,
+    MODES,
+    CredentialsConfig,
+    CredentialsError,
+    FileCredentials,
+    credentials_session,
+    frozen,
+)
+from kmsagent.sync import Agent, SyncConfig
+from kmsagent.upstream import Kmsd
+from kmsd.aws.login import sts_endpoint_from_env
+from kmsd.domain.names import NodePath
+from kmsd.errors import InvalidInput
+from kmsd.logs import configure
+
+log = structlog.get_logger("kmsagent")
+
+DEFAULT_SOCKET = "/run/kmsagent/agent.sock"
+DEFAULT_TOKEN_FILE = "/run/kmsagent/token"
+IMDS_DEFAULT = "http://169.254.169.254"
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="kmsagent", description="kmsd's agent for every host")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="sync the given paths and serve them locally")
+    run.add_argument("--path", action="append", required=True, help="namespace/app[/node...]")
+    run.add_argument("--kmsd-addr", default=env("KMSD_ADDR"), help="default: $KMSD_ADDR")
+    run.add_argument("--server-id", default=env("KMSD_SERVER_ID"), help="$KMSD_SERVER_ID")
+    run.add_argument("--credentials", choices=MODES, default=env("KMSAGENT_CREDENTIALS", "auto"))
+    run.add_argument("--credentials-file", default=DEFAULT_CREDENTIALS_FILE)
+    run.add_argument("--profile", default="default", help="section of the credentials file")
+    run.add_argument("--web-identity-token-file", default=env("AWS_WEB_IDENTITY_TOKEN_FILE"))
+    run.add_argument("--role-arn", default=env("AWS_ROLE_ARN"))
+    run.add_argument("--role-session-name", default=env("AWS_ROLE_SESSION_NAME"))
+    run.add_argument(
+        "--region", default=env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1"
+    )
+    run.add_argument("--socket", default=DEFAULT_SOCKET, help="Unix socket ('' to disable)")
+    run.add_argument("--socket-mode", default="0660", help="octal, default 0660")
+    run.add_argument("--socket-group", default=None, help="group owning the socket")
+    run.add_argument("--listen-port", type=int, default=0, help="also serve 127.0.0.1:PORT")
+    run.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, help="for --listen-port")
+    run.add_argument("--instance-id", default=env("KMSAGENT_INSTANCE_ID"))
+    run.add_argument("--poll-timeout", type=float, default=120.0, help="seconds per long poll")
+    run.add_argument("--resync-interval", type=float, default=300.0, help="full re-sync, s")
+    run.add_argument("--log-format", choices=("json", "console"), default="json")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    configure(args.log_format, logging.INFO)
+    try:
+        for path in args.path:
+            if NodePath.parse(path).is_namespace:
+                raise InvalidInput(f"{path!r} is a namespace; give namespace/application[/...]")
+        if not args.kmsd_addr or not args.server_id:
+            raise InvalidInput("set --kmsd-addr and --server-id (or KMSD_ADDR, KMSD_SERVER_ID)")
+        asyncio.run(run(args))
+    except (InvalidInput, CredentialsError, OSError) as exc:
+        print(f"kmsagent: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+async def run(args: argparse.Namespace) -> None:
+    creds = CredentialsConfig(
+        mode=args.credentials,
+        file=args.credentials_file,
+        profile=args.profile,
+        token_file=args.web_identity_token_file,
+        role_arn=args.role_arn,
+        session_name=args.role_session_name,
+    )
+    session = credentials_session(creds)
+    instance_id = args.instance_id or await instance_identity(args.credentials)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+        Reader(session, args.region) as reader,
+    ):
+        kmsd = Kmsd(
+            args.kmsd_addr,
+            args.server_id,
+            credentials=lambda: frozen(session),
+            region=args.region,
+            sts_endpoint=sts_endpoint_from_env(args.region, os.environ),
+            http=http,
+        )
+        agent = Agent(
+            args.path,
+            SyncConfig(
+                instance_id=instance_id,
+                poll_timeout_s=args.poll_timeout,
+                resync_s=args.resync_interval,
+            ),
+            kmsd,
+            reader,
+            credentials_info=lambda: _describe(creds, session),
+        )
+        runners = await _listen(agent, args)
+        log.info("kmsagent_started", paths=args.path, instance_id=instance_id, mode=creds.mode)
+        syncing = asyncio.create_task(agent.run(), name="sync")
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({syncing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            syncing.cancel()
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncing
+            for runner in runners:
+                await runner.cleanup()
+            if args.socket:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(args.socket)
+        log.info("kmsagent_stopped")
+
+
+def _describe(creds: CredentialsConfig, session: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {"mode": creds.mode}
+    loaded = session._credentials  # what aiobotocore resolved, if anything yet
+    if isinstance(loaded, FileCredentials):
+        info |= {"file": creds.file, "reloads": loaded.reloads, "key_id": _masked(loaded)}
+    elif loaded is not None:
+        info["method"] = getattr(loaded, "method", None)
+    return info
+
+
+def _masked(creds: FileCredentials) -> str:
+    key = str(creds.access_key)
+    return "*" * max(0, len(key) - 4) + key[-4:]
+
+
+async def _listen(agent: Agent, args: argparse.Namespace) -> list[web.AppRunner]:
+    runners = []
+    if args.socket:
+        runner = web.AppRunner(local_app(agent), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, _unix_socket(args)).start()
+        runners.append(runner)
+    if args.listen_port:
+        token = _token(Path(args.token_file))
+        runner = web.AppRunner(local_app(agent, token=token), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", args.listen_port).start()
+        runners.append(runner)
+    return runners
+
+
+def _unix_socket(args: argparse.Namespace) -> socket.socket:
+    """Bind the socket with its final mode from the first instant (umask, then chmod)."""
+    path = Path(args.socket)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()  # left by a previous run that was killed
+    mode = int(args.socket_mode, 8)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    if args.socket_group:
+        os.chown(path, -1, grp.getgrnam(args.socket_group).gr_gid)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _token(path: Path) -> str:
+    """The SSRF token: read it, or make one (mode 0600, readable by root alone)."""
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return token
+
+
+async def instance_identity(mode: str) -> str:
+    """The EC2 instance id (IMDSv2) on EC2, else the pod's name, else the host name."""
+    if mode in ("auto", "imds") and os.environ.get("AWS_EC2_METADATA_DISABLED") != "true":
+        base = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS_DEFAULT).rstrip("/")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            timeout = aiohttp.ClientTimeout(total=1.0 if mode == "auto" else 5.0)
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                async with http.put(
+                    f"{base}/latest/api/token",
+                    headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
+                ) as resp:
+                    resp.raise_for_status()
+                    token = await resp.text()
+                async with http.get(
+                    f"{base}/latest/meta-data/instance-id",
+                    headers={"X-aws-ec2-metadata-token": token},
+                ) as resp:
+                    resp.raise_for_status()
+                    return (await resp.text()).strip()
+    return os.environ.get("POD_NAME") or socket.gethostname()

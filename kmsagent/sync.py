@@ -1,0 +1,237 @@
+"""The sync loop: one long poll per path, values fetched from AWS, the cache swapped whole.
+
+Per path: fetch the effective set, read every value it needs that is not cached yet (all
+concurrently), build the new :class:`~kmsagent.state.PathView` and publish it by replacing
+one reference. Then hold a long poll reporting what this instance (and each application
+process) holds; kmsd answers it with the new effective set the moment the path changes.
+
+Failures never empty the cache: kmsd away, AWS away or a value refused, the last good view
+stays served and the loop retries with jittered exponential backoff. A full re-sync of the
+metadata every ``resync_s`` (jittered) is the safety net against any missed change; it costs
+no AWS call unless a version is new, since a version's value never changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from kmsagent.aws import FetchFailed, Reader
+from kmsagent.creds import CredentialsError
+from kmsagent.state import (
+    BadDocument,
+    PathView,
+    Plain,
+    ProcessReads,
+    ValueKey,
+    build_view,
+    keys_of,
+    missing,
+)
+from kmsagent.upstream import Kmsd, Refused, Unavailable
+
+log = structlog.get_logger(__name__)
+
+_rng = random.Random()  # noqa: S311 - jitter, not a secret
+
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 15.0
+REFUSED_RETRY_S = 30.0  # a missing binding is fixed by a person: no need to hurry
+REPORT_DEBOUNCE_S = 1.0  # re-poll at most this often to report new process reads
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    instance_id: str
+    poll_timeout_s: float = 120.0
+    resync_s: float = 300.0
+
+
+class Backoff:
+    """Exponential backoff with 'equal jitter': never zero, never in lock-step with others."""
+
+    def __init__(self, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> None:
+        self._base = base
+        self._cap = cap
+        self._failures = 0
+
+    def next(self, hint: float | None = None) -> float:
+        step = min(self._cap, self._base * 2**self._failures)
+        self._failures += 1
+        delay = step / 2 + _rng.uniform(0, step / 2)
+        return float(max(delay, hint or 0.0))
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+@dataclass(eq=False)
+class PathState:
+    """One served path: its published view and how fresh it is known to be."""
+
+    path: str
+    view: PathView | None = None
+    upstream: str = "starting"  # ok | unreachable | refused | starting
+    error: str | None = None
+    confirmed_at: float | None = None  # monotonic time kmsd last vouched for the view
+    polling: bool = False  # a poll is held by kmsd right now (changes would arrive at once)
+    synced_at: float | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    report_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def age(self, now: float) -> float | None:
+        """Seconds the view may have been missing a change: 0 while kmsd holds our poll."""
+        if self.view is None or self.confirmed_at is None:
+            return None
+        if self.polling and self.upstream == "ok":
+            return 0.0
+        return max(0.0, now - self.confirmed_at)
+
+
+class Agent:
+    """Every path this agent serves, the value cache, and the loops that keep them fresh."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        config: SyncConfig,
+        kmsd: Kmsd,
+        reader: Reader,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        credentials_info: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.config = config
+        self.kmsd = kmsd
+        self.reader = reader
+        self.clock = clock
+        self.credentials_info = credentials_info
+        self.paths = {p: PathState(p) for p in paths}
+        self.values: dict[ValueKey, Plain] = {}
+        self.reads = ProcessReads()
+        self.stats = {"swaps": 0, "polls": 0, "resyncs": 0, "errors": 0}
+
+    # -- the loops ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for state in self.paths.values():
+                group.create_task(self._loop(state), name=f"sync {state.path}")
+
+    async def _loop(self, state: PathState) -> None:
+        backoff = Backoff()
+        resync_at = 0.0
+        while True:
+            try:
+                if state.view is None or self.clock() >= resync_at:
+                    await self._sync(state)
+                    resync_at = self.clock() + self.config.resync_s * _rng.uniform(0.9, 1.1)
+                else:
+                    hold = min(self.config.poll_timeout_s, max(1.0, resync_at - self.clock()))
+                    await self._poll(state, hold)
+                backoff.reset()
+            except Unavailable as exc:
+                await self._failed(state, "unreachable", str(exc), backoff.next(exc.retry_after))
+            except Refused as exc:
+                await self._failed(state, "refused", str(exc), REFUSED_RETRY_S)
+            except (FetchFailed, CredentialsError, BadDocument) as exc:
+                # kmsd is fine; AWS or the host's credentials are not. Keep the last good set.
+                await self._failed(state, "ok", str(exc), backoff.next())
+            except Exception as exc:  # a bug must not stop serving the cache
+                await self._failed(state, state.upstream, f"unexpected {type(exc).__name__}", 5.0)
+
+    async def _failed(self, state: PathState, upstream: str, error: str, delay: float) -> None:
+        state.upstream, state.error = upstream, error
+        self.stats["errors"] += 1
+        log.warning("sync_failed", path=state.path, upstream=upstream, error=error, retry_in=delay)
+        await asyncio.sleep(delay)
+
+    async def _sync(self, state: PathState) -> None:
+        """A full re-sync: the effective set from kmsd, then any value not cached yet."""
+        doc = await self.kmsd.effective(state.path)
+        self._confirmed(state)
+        self.stats["resyncs"] += 1
+        await self._adopt(state, doc)
+
+    async def _poll(self, state: PathState, hold: float) -> None:
+        state.report_changed.clear()
+        poll = asyncio.ensure_future(self.kmsd.watch(self.report(state), hold))
+        state.polling = True
+        self.stats["polls"] += 1
+        try:
+            while not poll.done():
+                reported = asyncio.ensure_future(state.report_changed.wait())
+                try:
+                    await asyncio.wait({poll, reported}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    reported.cancel()
+                if state.report_changed.is_set() and not poll.done():
+                    # An application read a version kmsd has not heard of: hang up and poll
+                    # again with the news (at most once per REPORT_DEBOUNCE_S).
+                    await asyncio.sleep(REPORT_DEBOUNCE_S)
+                    if not poll.done():
+                        poll.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await poll
+                        return
+            doc = poll.result()
+        finally:
+            state.polling = False
+            if not poll.done():
+                poll.cancel()
+        self._confirmed(state)
+        if doc is not None:
+            await self._adopt(state, doc)
+
+    def _confirmed(self, state: PathState) -> None:
+        state.confirmed_at = self.clock()
+        state.upstream = "ok"
+        state.error = None
+
+    async def _adopt(self, state: PathState, doc: dict[str, Any]) -> None:
+        """Fetch what ``doc`` needs; publish the whole new view, or keep the old one."""
+        if state.view is not None and doc.get("hash") == state.view.hash:
+            if doc.get("path_version") != state.view.path_version:
+                self._publish(state, build_view(doc, self.values))  # same set, newer version
+            return
+        values, failures = await self.reader.read_all(missing(doc, self.values))
+        self.values.update(values)  # a version's value never changes: keep what arrived
+        if failures:
+            raise failures[0]
+        self._publish(state, build_view(doc, self.values))
+
+    def _publish(self, state: PathState, view: PathView) -> None:
+        before = state.view
+        state.view = view  # the swap: one reference, read once by every local request
+        state.synced_at = self.clock()
+        self.stats["swaps"] += 1
+        changed, state.changed = state.changed, asyncio.Event()
+        changed.set()  # wakes the applications' local long polls
+        keep = keys_of(s.view for s in self.paths.values() if s.view is not None)
+        for key in [k for k in self.values if k not in keep]:
+            del self.values[key]
+        log.info(
+            "path_updated",
+            path=view.path,
+            path_version=view.path_version,
+            secrets=len(view.secrets),
+            previous_version=before.path_version if before else None,
+        )
+
+    def report(self, state: PathState) -> dict[str, Any]:
+        """The watch body: what this instance and its applications' processes hold."""
+        view = state.view
+        return {
+            "path": state.path,
+            "path_version": view.path_version if view else 0,
+            "instance_id": self.config.instance_id,
+            "held": view.held() if view else {},
+            "processes": self.reads.report(state.path, self.clock()),
+        }

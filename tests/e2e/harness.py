@@ -176,6 +176,7 @@ class AgentProcess:
         args: list[str],
         env: dict[str, str] | None = None,
     ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.socket = str(workdir / "agent.sock")
         self.log = workdir / "kmsagent.log"
         base = {
@@ -219,6 +220,13 @@ class AgentProcess:
             return Answer(resp.status, dict(resp.getheaders()), body)
         finally:
             conn.close()
+
+    def status(self) -> Any:
+        """``/v1/status``, or {} while the agent is still starting."""
+        try:
+            return self.get("/v1/status").body
+        except OSError:
+            return {}
 
     def ready(self) -> bool:
         try:

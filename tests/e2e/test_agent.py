@@ -10,7 +10,8 @@ import json
 import os
 import stat
 import threading
-import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import REGION, Identity
+from tests.conftest import REGION, Identity, free_port
 from tests.e2e.harness import (
     DEADLINE_S,
     AgentProcess,
@@ -149,4 +150,273 @@ def test_imds_mode_signs_in_serves_values_and_follows_a_change(
         wait_until(adopted, "adoption to show the instance and the process that read")
     finally:
         log = agent.stop()
-    assert "first" not in log and "second" not in log  # no value in a log line
+    assert "first" not in log  # no value in a log line
+    assert "second" not in log
+
+
+def credentials_file(path: Path, who: Identity, mode: int) -> None:
+    """An SSM-agent style credentials file, replaced whole (write + rename) like a rotation."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(
+        f"[default]\naws_access_key_id = {who.access_key}\n"
+        f"aws_secret_access_key = {who.secret_key}\n"
+    )
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+def test_file_mode_rereads_a_rewritten_credentials_file(
+    kmsd: Replica, ops: Ops, moto_endpoint: str, make_user: Any, tmp_path: Path
+) -> None:
+    first, second = make_user("vm-host-a"), make_user("vm-host-b")
+    ops("node", "create", "prod/shop", "--parents")
+    ops.put("prod/shop", "db", {"password": "first"})
+    for host in (first, second):
+        ops("app", "bind", "prod/shop", "--role", host.arn)
+    creds = tmp_path / "credentials"
+    credentials_file(creds, first, 0o644)  # too open: the agent warns
+    agent = AgentProcess(
+        kmsd_addr=kmsd.addr,
+        moto_endpoint=moto_endpoint,
+        paths=["prod/shop"],
+        workdir=tmp_path,
+        args=["--credentials", "file", "--credentials-file", str(creds), "--instance-id", "vm-1"],
+    ).wait_ready()
+    try:
+        assert agent.value("db") == {"password": "first"}
+        status = agent.get("/v1/status").body
+        assert status["principal"] == first.arn
+        assert status["credentials"]["key_id"].endswith(first.access_key[-4:])
+        assert status["credentials"]["reloads"] == 1
+
+        credentials_file(creds, second, 0o600)  # the SSM agent rotated the keys
+        ops.put("prod/shop", "db", {"password": "second"})  # the next AWS read signs anew
+        wait_until(lambda: agent.value("db") == {"password": "second"}, "the new value")
+        status = agent.get("/v1/status").body["credentials"]
+        assert status["key_id"].endswith(second.access_key[-4:])
+        assert status["reloads"] == 2
+    finally:
+        log = agent.stop()
+    assert "credentials_file_too_open" in log
+    assert first.secret_key not in log
+    assert second.secret_key not in log
+
+
+def test_web_identity_mode_exchanges_the_token_file_for_role_credentials(
+    kmsd: Replica, ops: Ops, moto_endpoint: str, tmp_path: Path
+) -> None:
+    role_arn, _ = shop(ops, moto_endpoint, role_name="shop-pods")
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.service-account-token.signature")
+    agent = AgentProcess(
+        kmsd_addr=kmsd.addr,
+        moto_endpoint=moto_endpoint,
+        paths=["prod/shop"],
+        workdir=tmp_path,
+        args=["--credentials", "web-identity"],
+        env={
+            "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+            "AWS_ROLE_ARN": role_arn,
+            "AWS_ROLE_SESSION_NAME": "shop-7f9c-x2",
+            "POD_NAME": "shop-7f9c-x2",
+        },
+    ).wait_ready()
+    try:
+        assert agent.value("db") == {"user": "shop", "password": "first"}
+        status = agent.get("/v1/status").body
+        assert status["principal"] == role_arn  # assumed-role/shop-pods/... maps to the role
+        assert status["instance_id"] == "shop-7f9c-x2"  # the pod's name
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def user_agent(
+    kmsd: Replica, ops: Ops, moto_endpoint: str, make_user: Any, tmp_path: Path
+) -> Iterator[tuple[AgentProcess, Identity]]:
+    """An agent on a VM (credentials file of a host user bound to prod/shop)."""
+    host: Identity = make_user(f"vm-{tmp_path.name[-12:]}")
+    ops("node", "create", "prod/shop", "--parents")
+    ops.put("prod/shop", "db", {"password": "first"})
+    ops("app", "bind", "prod/shop", "--role", host.arn)
+    creds = tmp_path / "credentials"
+    credentials_file(creds, host, 0o600)
+    agent = AgentProcess(
+        kmsd_addr=kmsd.addr,
+        moto_endpoint=moto_endpoint,
+        paths=["prod/shop"],
+        workdir=tmp_path,
+        args=["--credentials", "file", "--credentials-file", str(creds), "--instance-id", "vm-1"],
+    )
+    try:
+        yield agent.wait_ready(), host
+    finally:
+        agent.stop()
+
+
+def test_with_kmsd_away_the_cache_is_served_with_its_age_then_polling_resumes(
+    kmsd: Replica, ops: Ops, env: dict[str, str], user_agent: tuple[AgentProcess, Identity]
+) -> None:
+    agent, _ = user_agent
+    fresh = agent.get("/v1/secrets/db")
+    assert fresh.headers["X-Kmsagent-Upstream"] == "ok"
+    code, _ = kmsd.stop()
+    assert code == 0
+
+    def away() -> bool:
+        return agent.get("/v1/version").headers["X-Kmsagent-Upstream"] == "unreachable"
+
+    wait_until(away, "the agent to notice kmsd is gone")
+    first = agent.get("/v1/secrets/db")
+    assert first.status == 200
+    assert first.body["value"] == {"password": "first"}
+    wait_until(
+        lambda: (
+            float(agent.get("/v1/secrets/db").headers["X-Kmsagent-Cache-Age"])
+            > float(first.headers["X-Kmsagent-Cache-Age"])
+        ),
+        "the reported age to grow",
+    )
+    metrics = agent.get("/metrics").body.decode()
+    assert 'kmsagent_upstream{path="prod/shop",state="unreachable"} 1.0' in metrics
+    assert 'kmsagent_cache_age_seconds{path="prod/shop"}' in metrics
+
+    back = Replica(env, kmsd.log.parent, port=kmsd.port)  # same address, same database
+    try:
+        ops.kmsd = back
+        ops.put("prod/shop", "db", {"password": "after"})
+        wait_until(lambda: agent.value("db") == {"password": "after"}, "the agent to resume")
+        assert agent.get("/v1/version").headers["X-Kmsagent-Upstream"] == "ok"
+    finally:
+        back.stop()
+
+
+def test_a_reader_hammering_the_socket_never_sees_a_mixed_set(
+    ops: Ops, user_agent: tuple[AgentProcess, Identity]
+) -> None:
+    agent, _ = user_agent
+    ops.put("prod/shop", "cache", {"password": "first"})
+    wait_until(lambda: "cache" in agent.get("/v1/secrets").body["secrets"], "both secrets")
+    seen: list[tuple[int, str, str]] = []
+    done = threading.Event()
+
+    def hammer() -> None:
+        while not done.is_set():
+            answer = agent.get("/v1/secrets")
+            secrets = answer.body["secrets"]
+            seen.append(
+                (
+                    int(answer.headers["X-Kmsagent-Path-Version"]),
+                    secrets["db"]["value"]["password"],
+                    secrets["cache"]["value"]["password"],
+                )
+            )
+
+    readers = [threading.Thread(target=hammer) for _ in range(2)]
+    for r in readers:
+        r.start()
+    try:
+        for gen in range(1, 5):  # db and cache change one after the other, each its own version
+            ops.put("prod/shop", "db", {"password": f"gen-{gen}"})
+            ops.put("prod/shop", "cache", {"password": f"gen-{gen}"})
+        wait_until(lambda: bool(seen) and seen[-1][1:] == ("gen-4", "gen-4"), "the last generation")
+    finally:
+        done.set()
+        for r in readers:
+            r.join(timeout=DEADLINE_S)
+    # One path version is one whole set: the same version never comes with different values,
+    # and a newer set never comes with an older version number.
+    by_version: dict[int, set[tuple[str, str]]] = {}
+    for version, db, cache in seen:
+        by_version.setdefault(version, set()).add((db, cache))
+    assert all(len(sets) == 1 for sets in by_version.values()), by_version
+    order = [next(iter(by_version[v])) for v in sorted(by_version)]
+    gens = [tuple(0 if s == "first" else int(s.split("-")[1]) for s in pair) for pair in order]
+    assert gens == sorted(gens)
+    assert all(db - cache in (0, 1) for db, cache in gens)  # db is written first, then cache
+    assert len(seen) > 20
+
+
+def test_local_fences_token_on_localhost_and_the_socket_mode(
+    kmsd: Replica, ops: Ops, moto_endpoint: str, make_user: Any, tmp_path: Path
+) -> None:
+    host: Identity = make_user("vm-fenced")
+    ops("node", "create", "prod/shop", "--parents")
+    ops.put("prod/shop", "db", {"password": "first"})
+    ops("app", "bind", "prod/shop", "--role", host.arn)
+    creds = tmp_path / "credentials"
+    credentials_file(creds, host, 0o600)
+    port = free_port()
+    token_file = tmp_path / "run" / "token"
+    agent = AgentProcess(
+        kmsd_addr=kmsd.addr,
+        moto_endpoint=moto_endpoint,
+        paths=["prod/shop"],
+        workdir=tmp_path,
+        args=[
+            *("--credentials", "file", "--credentials-file", str(creds)),
+            *("--listen-port", str(port), "--token-file", str(token_file)),
+        ],
+    ).wait_ready()
+    try:
+        assert stat.S_IMODE(os.stat(agent.socket).st_mode) == 0o660
+        assert stat.S_ISSOCK(os.stat(agent.socket).st_mode)
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        url = f"http://127.0.0.1:{port}/v1/secrets/db"
+
+        def get(headers: dict[str, str]) -> tuple[int, Any]:
+            req = urllib.request.Request(url, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                refusal = err
+            assert refusal.headers["Content-Type"] == "application/problem+json"
+            return refusal.code, json.loads(refusal.read())
+
+        assert get({})[0] == 401
+        assert get({"X-Kmsagent-Token": "not-the-token"})[0] == 401
+        forwarded = get({"X-Kmsagent-Token": token, "X-Forwarded-For": "203.0.113.9"})
+        assert forwarded[0] == 403
+        status, doc = get({"X-Kmsagent-Token": token})
+        assert status == 200
+        assert doc["value"] == {"password": "first"}
+    finally:
+        agent.stop()
+    assert not os.path.exists(agent.socket)  # removed on a clean stop
+
+
+def test_a_path_the_host_is_not_bound_to_is_refused_and_reported(
+    kmsd: Replica, ops: Ops, moto_endpoint: str, user_agent: tuple[AgentProcess, Identity]
+) -> None:
+    agent, _ = user_agent
+    ops("node", "create", "prod/billing", "--parents")
+    ops.put("prod/billing", "db", {"password": "not-yours"})
+    other = AgentProcess(
+        kmsd_addr=kmsd.addr,
+        moto_endpoint=moto_endpoint,
+        paths=["prod/shop", "prod/billing"],
+        workdir=agent.log.parent / "second",
+        args=agent.argv[agent.argv.index("--credentials") :],
+    )
+    try:
+        wait_until(
+            lambda: (
+                other.status().get("paths", {}).get("prod/billing", {}).get("upstream") == "refused"
+            ),
+            "kmsd to refuse the unbound path",
+        )
+        refused = other.get("/v1/secrets?path=prod/billing")
+        assert refused.status == 503
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert "403" in refused.body["detail"]
+        assert "prod/billing" in refused.body["detail"]
+        # The bound path is served all the same.
+        wait_until(lambda: other.get("/v1/version?path=prod/shop").status == 200, "prod/shop")
+        assert other.value("db", path="prod/shop") == {"password": "first"}
+        unknown = other.get("/v1/secrets/db?path=prod/nowhere")
+        assert unknown.status == 404
+    finally:
+        log = other.stop()
+    assert '"upstream": "refused"' in log or '"upstream":"refused"' in log

@@ -230,12 +230,15 @@ async def watch(request: web.Request) -> web.Response:
     changed = state.changed
     view = state.view
     if view is None or view.path_version == since:
+        state.local_watchers += 1
         try:
             await asyncio.wait_for(changed.wait(), timeout)
         except TimeoutError:
             view = state.view
             headers = _headers(request.app[AGENT], state, view) if view else {}
             return web.Response(status=304, headers=headers)
+        finally:
+            state.local_watchers -= 1
         view = _view(state)
     agent = request.app[AGENT]
     return _json(_version_doc(agent, state, view), _headers(agent, state, view))

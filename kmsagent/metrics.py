@@ -35,7 +35,11 @@ class AgentCollector(Collector):  # type: ignore[misc]
         secrets = GaugeMetricFamily(
             "kmsagent_secrets", "Secrets served for the path", labels=["path"]
         )
+        watchers = GaugeMetricFamily(
+            "kmsagent_local_watchers", "Applications' long polls held", labels=["path"]
+        )
         for path, state in sorted(agent.paths.items()):
+            watchers.add_metric([path], state.local_watchers)
             a = state.age(now)
             if a is not None:
                 age.add_metric([path], a)
@@ -44,7 +48,7 @@ class AgentCollector(Collector):  # type: ignore[misc]
                 secrets.add_metric([path], len(state.view.secrets))
             for s in UPSTREAM_STATES:
                 upstream.add_metric([path, s], 1.0 if state.upstream == s else 0.0)
-        yield from (age, version, upstream, secrets)
+        yield from (age, version, upstream, secrets, watchers)
         events = CounterMetricFamily(
             "kmsagent_sync_events", "Sync loop events by kind", labels=["kind"]
         )

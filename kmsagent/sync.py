@@ -83,6 +83,7 @@ class PathState:
     confirmed_at: float | None = None  # monotonic time kmsd last vouched for the view
     polling: bool = False  # a poll is held by kmsd right now (changes would arrive at once)
     synced_at: float | None = None
+    local_watchers: int = 0  # applications' long polls waiting on this path
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     report_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -199,15 +200,15 @@ class Agent:
         """Fetch what ``doc`` needs; publish the whole new view, or keep the old one."""
         if state.view is not None and doc.get("hash") == state.view.hash:
             if doc.get("path_version") != state.view.path_version:
-                self._publish(state, build_view(doc, self.values))  # same set, newer version
+                self.publish(state, build_view(doc, self.values))  # same set, newer version
             return
         values, failures = await self.reader.read_all(missing(doc, self.values))
         self.values.update(values)  # a version's value never changes: keep what arrived
         if failures:
             raise failures[0]
-        self._publish(state, build_view(doc, self.values))
+        self.publish(state, build_view(doc, self.values))
 
-    def _publish(self, state: PathState, view: PathView) -> None:
+    def publish(self, state: PathState, view: PathView) -> None:
         before = state.view
         state.view = view  # the swap: one reference, read once by every local request
         state.synced_at = self.clock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -58,7 +59,7 @@ class Replica:
         wait_until(self.healthy, f"replica on {self.port}")
 
     def healthy(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()
+        assert self.proc.poll() is None, (self.proc.returncode, self.log.read_text())
         try:
             with urllib.request.urlopen(self.addr + "/healthz", timeout=2) as resp:
                 return bool(resp.status == 200)
@@ -210,7 +211,7 @@ class AgentProcess:
             )
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
-        assert self.proc.poll() is None, self.log.read_text()
+        assert self.proc.poll() is None, (self.proc.returncode, self.log.read_text())
         conn = UnixHTTPConnection(self.socket)
         try:
             conn.request("GET", path, headers=headers or {})
@@ -312,3 +313,67 @@ class _IMDSHandler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(self.server.credentials), "application/json")
         else:
             self._send(404, "not found")
+
+
+class Switch:
+    """A TCP relay to an upstream that the test can cut (``down``) and restore (``up``).
+
+    Cutting closes the listener and every relayed connection, as a network failure would; the
+    port stays the same, so the client's configuration is untouched.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        host, port = urllib.parse.urlsplit(upstream).netloc.split(":")
+        self.upstream = (host, int(port))
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.up()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: down()
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)

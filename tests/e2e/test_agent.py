@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     AgentProcess,
     IMDSv2,
     Replica,
+    Switch,
     run_kmsctl,
     wait_until,
 )
@@ -420,3 +421,43 @@ def test_a_path_the_host_is_not_bound_to_is_refused_and_reported(
     finally:
         log = other.stop()
     assert '"upstream": "refused"' in log or '"upstream":"refused"' in log
+
+
+def test_with_aws_away_the_last_good_values_stay_served(
+    kmsd: Replica, ops: Ops, moto_endpoint: str, make_user: Any, tmp_path: Path
+) -> None:
+    host: Identity = make_user("vm-cut-off")
+    ops("node", "create", "prod/shop", "--parents")
+    ops.put("prod/shop", "db", {"password": "first"})
+    ops("app", "bind", "prod/shop", "--role", host.arn)
+    creds = tmp_path / "credentials"
+    credentials_file(creds, host, 0o600)
+    secrets_manager = Switch(moto_endpoint)  # the agent's only way to Secrets Manager
+    agent = AgentProcess(
+        kmsd_addr=kmsd.addr,
+        moto_endpoint=moto_endpoint,
+        paths=["prod/shop"],
+        workdir=tmp_path,
+        args=["--credentials", "file", "--credentials-file", str(creds)],
+        env={"AWS_ENDPOINT_URL_SECRETS_MANAGER": secrets_manager.endpoint},
+    ).wait_ready()
+    try:
+        assert agent.value("db") == {"password": "first"}
+        secrets_manager.down()
+        new = ops.put("prod/shop", "db", {"password": "second"})
+
+        def failing() -> bool:
+            return "secretsmanager" in (agent.status()["paths"]["prod/shop"]["error"] or "")
+
+        wait_until(failing, "the agent to fail reading the new version")
+        stale = agent.get("/v1/secrets/db")
+        assert stale.status == 200
+        assert stale.body["value"] == {"password": "first"}  # the last good value, whole
+        assert stale.headers["X-Kmsagent-Upstream"] == "ok"  # kmsd is fine; AWS is not
+
+        secrets_manager.up()
+        wait_until(lambda: agent.get("/v1/secrets/db").body["version_id"] == new, "recovery")
+        assert agent.value("db") == {"password": "second"}
+    finally:
+        agent.stop()
+        secrets_manager.down()

@@ -82,9 +82,11 @@ class Kmsd:
             status, _, doc = await self._send("POST", "/v1/auth/aws/login", body, None, None)
             if status != 200:
                 raise Refused(status, f"sign-in refused: {_detail(doc)}")
+            now = time.time()
             expires = datetime.fromisoformat(doc["expires_at"]).timestamp()
             self._token = str(doc["token"])
-            self._renew_at = expires - RENEW_BEFORE_S
+            # A few minutes early, or at 80 % of a short session's life.
+            self._renew_at = expires - min(RENEW_BEFORE_S, (expires - now) / 5)
             self.principal = str(doc["principal"])
             self.logins += 1
             log.info("signed_in", principal=self.principal, expires_at=doc["expires_at"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 import urllib.error
@@ -461,3 +462,41 @@ def test_with_aws_away_the_last_good_values_stay_served(
     finally:
         agent.stop()
         secrets_manager.down()
+
+
+def test_the_agent_signs_in_again_before_its_session_expires(
+    env: dict[str, str], admin: Identity, moto_endpoint: str, make_user: Any, tmp_path: Path
+) -> None:
+    short = Replica({**env, "KMSD_TOKEN_TTL": "5"}, tmp_path)  # sessions of five seconds
+    ops = Ops(short, admin, moto_endpoint)
+    host: Identity = make_user("vm-short-session")
+    ops("node", "create", "prod/shop", "--parents")
+    ops.put("prod/shop", "db", {"password": "first"})
+    ops("app", "bind", "prod/shop", "--role", host.arn)
+    creds = tmp_path / "credentials"
+    credentials_file(creds, host, 0o600)
+    agent = AgentProcess(
+        kmsd_addr=short.addr,
+        moto_endpoint=moto_endpoint,
+        paths=["prod/shop"],
+        workdir=tmp_path / "agent",
+        args=[
+            *("--credentials", "file", "--credentials-file", str(creds)),
+            *("--poll-timeout", "1"),  # polls end often, so expiry is met between them
+        ],
+    )
+    try:
+        agent.wait_ready()
+        wait_until(lambda: agent.status()["stats"]["polls"] >= 3, "a few polls")
+
+        def logins() -> float:
+            text = agent.get("/metrics").body.decode()
+            return float(re.search(r"^kmsagent_logins_total (\S+)$", text, re.M)[1])  # type: ignore[index]
+
+        wait_until(lambda: logins() >= 2, "the agent to sign in again")
+        ops.put("prod/shop", "db", {"password": "second"})
+        wait_until(lambda: agent.value("db") == {"password": "second"}, "the new value")
+    finally:
+        log = agent.stop()
+        short.stop()
+    assert "sync_failed" not in log  # renewed ahead of expiry: never refused on the way

@@ -57,7 +57,10 @@ def _problem(status: int, title: str, detail: str, headers: dict[str, str]) -> w
     body: dict[str, Any] = {"type": f"https://kmsd.dev/problems/agent/{slug}", "title": title}
     body |= {"status": status, "detail": detail}
     return web.Response(
-        status=status, body=orjson.dumps(body), content_type=PROBLEM, headers=headers
+        status=status,
+        body=orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE),
+        content_type=PROBLEM,
+        headers=headers,
     )
 
 
@@ -130,7 +133,10 @@ def _headers(agent: Agent, state: PathState, view: PathView) -> dict[str, str]:
 
 def _json(doc: Any, headers: dict[str, str], status: int = 200) -> web.Response:
     return web.Response(
-        status=status, body=orjson.dumps(doc), content_type="application/json", headers=headers
+        status=status,
+        body=orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE),  # a shell prompt on its line
+        content_type="application/json",
+        headers=headers,
     )
 
 

@@ -33,6 +33,9 @@ DEV_REGION = "us-east-1"
 DEV_SERVER_ID = "kmsd-dev"
 OPERATOR_USER = "kmsd-dev-operator"
 SERVER_USER = "kmsd-server"
+# An application host for kmsagent to try: its keys sit in DATA_DIR/host-credentials (0600),
+# the file an SSM agent would keep on a hybrid machine.
+HOST_USER = "kmsd-dev-host"
 
 
 def free_port(preferred: int) -> int:
@@ -136,6 +139,12 @@ def run_dev(port: int, data_dir: str) -> int:
     try:
         operator_arn, op_key, op_secret = dev_identity(endpoint, state_dir, OPERATOR_USER)
         _, srv_key, srv_secret = dev_identity(endpoint, state_dir, SERVER_USER)
+        host_arn, host_key, host_secret = dev_identity(endpoint, state_dir, HOST_USER)
+        host_file = root / "host-credentials"
+        host_file.touch(mode=0o600)
+        host_file.write_text(
+            f"[default]\naws_access_key_id = {host_key}\naws_secret_access_key = {host_secret}\n"
+        )
         addr = f"http://127.0.0.1:{port}"
         client_env = {
             "KMSD_ADDR": addr,
@@ -144,6 +153,7 @@ def run_dev(port: int, data_dir: str) -> int:
             "AWS_ACCESS_KEY_ID": op_key,
             "AWS_SECRET_ACCESS_KEY": op_secret,
             "AWS_DEFAULT_REGION": DEV_REGION,
+            "KMSD_DEV_HOST_ARN": host_arn,
         }
         env_file = root / "env"
         env_file.write_text(env_lines(client_env))

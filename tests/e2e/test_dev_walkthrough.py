@@ -121,9 +121,18 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
     try:
         dev.wait_for(f"kmsd ready on http://127.0.0.1:{port}", READY_TIMEOUT_S)
         out = run_shell(readme_block("<!-- walkthrough -->"), workdir)
+        agent_out = run_shell(
+            ". .venv/bin/activate && . .kmsd-dev/env\n" + readme_block("<!-- agent-walkthrough -->"),
+            workdir,
+        )
     finally:
         assert dev.stop() == 0
     assert not postgres_running(workdir), "Ctrl-C must stop the embedded PostgreSQL too"
+    # The agent served the value, then the new one after the put, with no value in its log.
+    reads = [json.loads(line) for line in agent_out.splitlines() if line.startswith('{"name"')]
+    assert [r["value"]["password"] for r in reads] == ["region-level", "rotated"], agent_out
+    assert "rotated" not in (workdir / ".kmsd-dev" / "agent.log").read_text()
+    assert (workdir / ".kmsd-dev" / "host-credentials").stat().st_mode & 0o777 == 0o600
     # kmsctl login cached the session token for the later commands, readable by us only.
     cache = workdir / ".cache" / "kmsctl" / "tokens.json"
     assert cache.stat().st_mode & 0o777 == 0o600
@@ -165,7 +174,7 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
         value = sm.get_secret_value(
             SecretId=db["sm_arn"], VersionId=db["versions"][0]["version_id"]
         )
-        assert json.loads(value["SecretString"])["password"] == "region-level"
+        assert json.loads(value["SecretString"])["password"] == "rotated"  # the agent step put it
     finally:
         assert dev.stop() == 0
     assert "Traceback" not in "".join(dev.output)

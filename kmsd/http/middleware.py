@@ -52,6 +52,9 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = response.status
         response.headers["X-Request-Id"] = request_id
         return response
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED_REQUEST  # the client hung up: not a server error
+        raise
     finally:
         duration = time.perf_counter() - started
         route = _route(request)

@@ -122,7 +122,8 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
         dev.wait_for(f"kmsd ready on http://127.0.0.1:{port}", READY_TIMEOUT_S)
         out = run_shell(readme_block("<!-- walkthrough -->"), workdir)
         agent_out = run_shell(
-            ". .venv/bin/activate && . .kmsd-dev/env\n" + readme_block("<!-- agent-walkthrough -->"),
+            ". .venv/bin/activate && . .kmsd-dev/env\n"
+            + readme_block("<!-- agent-walkthrough -->"),
             workdir,
         )
     finally:

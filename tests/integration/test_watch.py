@@ -322,3 +322,20 @@ async def test_changes_committed_out_of_id_order_are_not_lost(
     status, doc = await asyncio.wait_for(waiting, 10)
     assert status == 200
     assert doc["path_version"] > version
+
+
+async def test_a_poll_the_client_hangs_up_on_is_logged_as_499(api: Api, client: App) -> None:
+    version = await _tree(api)
+    waiting = asyncio.create_task(
+        api.client.post(
+            "/v1/watch?timeout=60", json=body("prod/pay/eu", version), headers=api.headers
+        )
+    )
+    await eventually(lambda: held(client) == 1)
+    waiting.cancel()  # the client goes away mid-hold
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await eventually(lambda: held(client) == 0)
+    requests = client.app[METRICS].requests
+    await eventually(lambda: requests.labels("POST", "/v1/watch", "499")._value.get() == 1)
+    assert requests.labels("POST", "/v1/watch", "500")._value.get() == 0

@@ -32,6 +32,7 @@ from kmsagent.state import (
     ProcessReads,
     ValueKey,
     build_view,
+    fetches,
     keys_of,
     missing,
 )
@@ -202,11 +203,14 @@ class Agent:
             if doc.get("path_version") != state.view.path_version:
                 self.publish(state, build_view(doc, self.values))  # same set, newer version
             return
-        values, failures = await self.reader.read_all(missing(doc, self.values))
+        # Hold on to the cached values this set uses: another path's swap may prune the cache
+        # while this one waits for AWS.
+        have = {f.key: self.values[f.key] for f in fetches(doc) if f.key in self.values}
+        values, failures = await self.reader.read_all(missing(doc, have))
         self.values.update(values)  # a version's value never changes: keep what arrived
         if failures:
             raise failures[0]
-        self.publish(state, build_view(doc, self.values))
+        self.publish(state, build_view(doc, {**have, **values}))
 
     def publish(self, state: PathState, view: PathView) -> None:
         before = state.view

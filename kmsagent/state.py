@@ -84,6 +84,10 @@ class PathView:
     hash: str
     secrets: Mapping[str, Secret]
 
+    def holding(self) -> dict[str, list[str]]:
+        """Every version of each secret this instance can serve (pending and previous too)."""
+        return {name: [v.version_id for v in s.versions] for name, s in self.secrets.items()}
+
     def held(self) -> dict[str, str]:
         """What this instance holds, as kmsd's adoption report wants it: name -> current id."""
         held = {}

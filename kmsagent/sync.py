@@ -238,5 +238,6 @@ class Agent:
             "path_version": view.path_version if view else 0,
             "instance_id": self.config.instance_id,
             "held": view.held() if view else {},
+            "versions": view.holding() if view else {},
             "processes": self.reads.report(state.path, self.clock()),
         }

@@ -13,8 +13,9 @@ from kmsd.errors import InvalidInput
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 MAX_PROCESS_IDS = 1024
 MAX_HELD = 1000
+MAX_VERSIONS_PER_SECRET = 64  # data keys keep every period's key; SM secrets offer three
 WATCH_FIELDS = frozenset(
-    {"path", "path_version", "instance_id", "app_process_ids", "held", "processes"}
+    {"path", "path_version", "instance_id", "app_process_ids", "held", "processes", "versions"}
 )
 
 
@@ -27,6 +28,9 @@ class WatchRequest:
     held: dict[str, str]
     # Per application process: the version of each secret it last read through the agent.
     processes: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Every version of each secret the instance holds (current, and the owner's pending and
+    # previous): a rotation's first gate asks whether the pending one is among them.
+    versions: dict[str, list[str]] = field(default_factory=dict)
 
 
 def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
@@ -67,7 +71,29 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
     clean_pids.extend(pid for pid in reads if pid not in clean_pids)
     if len(clean_pids) > MAX_PROCESS_IDS:
         raise InvalidInput(f"at most {MAX_PROCESS_IDS} app process ids per instance")
-    return WatchRequest(path, version, instance, tuple(clean_pids), held, reads)
+    versions = doc.get("versions", {})
+    if not isinstance(versions, dict) or len(versions) > MAX_HELD:
+        raise InvalidInput(f"'versions' must be an object of at most {MAX_HELD} name: [ids]")
+    for name, ids in versions.items():
+        check_segment(name, "secret name in 'versions'")
+        if (
+            not isinstance(ids, list)
+            or len(ids) > MAX_VERSIONS_PER_SECRET
+            or not all(isinstance(i, str) and 0 < len(i) <= 128 for i in ids)
+        ):
+            raise InvalidInput(
+                f"each 'versions' entry must be a list of at most {MAX_VERSIONS_PER_SECRET} "
+                "version ids"
+            )
+    return WatchRequest(
+        path,
+        version,
+        instance,
+        tuple(clean_pids),
+        held,
+        reads,
+        {n: list(v) for n, v in versions.items()},
+    )
 
 
 def _held(held: Any, field_name: str) -> dict[str, str]:

@@ -50,6 +50,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
             path_version=req.path_version,
             seen_at=request.app[CLOCK].now(),
             processes=req.processes,
+            versions=req.versions,
         )
     )
     parked = await hub.park(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)

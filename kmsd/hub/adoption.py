@@ -23,17 +23,18 @@ log = structlog.get_logger(__name__)
 
 FLUSH = """
 INSERT INTO adoption (path, instance_id, principal, ip, app_process_ids, held, processes,
-                      path_version, replica, last_seen)
+                      versions, path_version, replica, last_seen)
 SELECT r.path, r.instance_id, r.principal, r.ip,
-       ARRAY(SELECT jsonb_array_elements_text(r.pids)), r.held, r.processes, r.path_version, $10,
-       r.last_seen
+       ARRAY(SELECT jsonb_array_elements_text(r.pids)), r.held, r.processes, r.versions,
+       r.path_version, $11, r.last_seen
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-            $7::jsonb[], $8::bigint[], $9::timestamptz[])
-     AS r(path, instance_id, principal, ip, pids, held, processes, path_version, last_seen)
+            $7::jsonb[], $8::jsonb[], $9::bigint[], $10::timestamptz[])
+     AS r(path, instance_id, principal, ip, pids, held, processes, versions, path_version,
+          last_seen)
 ON CONFLICT (path, instance_id) DO UPDATE
 SET principal = EXCLUDED.principal, ip = EXCLUDED.ip,
     app_process_ids = EXCLUDED.app_process_ids, held = EXCLUDED.held,
-    processes = EXCLUDED.processes,
+    processes = EXCLUDED.processes, versions = EXCLUDED.versions,
     path_version = EXCLUDED.path_version, replica = EXCLUDED.replica,
     last_seen = EXCLUDED.last_seen
 WHERE adoption.last_seen <= EXCLUDED.last_seen
@@ -44,7 +45,8 @@ WHERE adoption.last_seen <= EXCLUDED.last_seen
 """
 ROWS_OF_PATH = """
 SELECT instance_id, principal, ip, app_process_ids, held::text AS held,
-       processes::text AS processes, path_version, replica, last_seen
+       processes::text AS processes, versions::text AS versions, path_version, replica,
+       last_seen
 FROM adoption WHERE path = $1 ORDER BY instance_id
 """
 # Reports older than this are forgotten entirely (stale ones are shown long before).
@@ -63,6 +65,7 @@ class Report:
     path_version: int
     seen_at: datetime
     processes: dict[str, dict[str, str]] = field(default_factory=dict)
+    versions: dict[str, list[str]] = field(default_factory=dict)
 
 
 class AdoptionBuffer:
@@ -92,6 +95,7 @@ class AdoptionBuffer:
                 [orjson.dumps(list(r.app_process_ids)).decode() for r in batch],
                 [orjson.dumps(r.held).decode() for r in batch],
                 [orjson.dumps(r.processes).decode() for r in batch],
+                [orjson.dumps(r.versions).decode() for r in batch],
                 [r.path_version for r in batch],
                 [r.seen_at for r in batch],
                 self._replica,

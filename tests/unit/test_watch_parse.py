@@ -118,6 +118,11 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("held version id empty", body(held={"a": ""})),
     ("held version id 129 chars", body(held={"a": "x" * 129})),
     ("held too many", body(held={f"s{i}": "v" for i in range(MAX_HELD + 1)})),
+    ("versions a list", body(versions=[["a", "v1"]])),
+    ("versions value a string", body(versions={"a": "v1"})),
+    ("versions bad name", body(versions={"A": ["v1"]})),
+    ("versions empty id", body(versions={"a": [""]})),
+    ("versions too many ids", body(versions={"a": [f"v{i}" for i in range(65)]})),
     ("processes a list", body(processes=[["p1", {"a": "v1"}]])),
     ("processes empty pid", body(processes={"": {"a": "v1"}})),
     ("processes 65-char pid", body(processes={"x" * 65: {"a": "v1"}})),
@@ -139,6 +144,12 @@ def test_parse_watch_processes_are_app_processes_too() -> None:
     req = parse_watch(body(app_process_ids=["7"], processes={"7": {"a": "v1"}, "9": {}}))
     assert req.processes == {"7": {"a": "v1"}, "9": {}}
     assert req.app_process_ids == ("7", "9")
+
+
+def test_parse_watch_versions_held_per_secret() -> None:
+    req = parse_watch(body(versions={"db": ["v2", "v3", "v1"], "tls": []}))
+    assert req.versions == {"db": ["v2", "v3", "v1"], "tls": []}
+    assert parse_watch(BASE).versions == {}
 
 
 def test_parse_watch_without_processes() -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -32,6 +32,7 @@ import structlog
 
 from kmsd.aws.sm import SecretsWriter
 from kmsd.db import Conn, store
+from kmsd.db import rotations as rotations_db
 from kmsd.db.changes import record_change, record_secret_change
 from kmsd.domain.names import NodePath
 from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
@@ -69,7 +70,7 @@ _DEMOTE_CURRENT = (
 )
 _INSERT_VERSION = """
 INSERT INTO secret_versions (secret_id, version_id, stage, created_by)
-VALUES ($1, $2, 'current', $3)
+VALUES ($1, $2, $3, $4)
 ON CONFLICT (secret_id, version_id) DO NOTHING
 """
 _STALE_OUTBOX = """
@@ -96,6 +97,10 @@ class PutRequest:
     expires_at: datetime | None = None
     spec: dict[str, Any] | None = None  # generated secrets: how they were made
     public_key: str | None = None
+    # "pending": the first step of a rotation (SM label AWSPENDING, AWSCURRENT untouched);
+    # ``rotation`` then carries the rotation's settings, recorded with the version.
+    stage: str = "current"
+    rotation: dict[str, Any] | None = None
 
 
 def sm_name_for(prefix: str, path: NodePath, name: str) -> str:
@@ -125,6 +130,15 @@ async def put_secret(
                         f"{str(req.path)!r} already has a reference named {req.name!r}; "
                         "remove it or put the secret on another node"
                     )
+                if existing is not None and await conn.fetchval(
+                    rotations_db.ACTIVE_FOR_SECRET, existing["id"]
+                ):
+                    raise Conflict(
+                        f"secret {req.name!r} at {str(req.path)!r} is being rotated; finish, "
+                        "abort or roll back that rotation first (kmsctl rotate status)"
+                    )
+                if req.stage == "pending" and (existing is None or existing["kind"] != req.kind):
+                    raise InvalidInput("only an existing secret can be rotated")
                 if existing is not None and existing["kind"] != req.kind:
                     raise Conflict(
                         f"secret {req.name!r} at {str(req.path)!r} is a {existing['kind']} "
@@ -144,6 +158,7 @@ async def put_secret(
                     create=existing is None,
                     tags={"kmsd:path": str(req.path), "kmsd:name": req.name},
                     description=req.description,
+                    stages=["AWSPENDING"] if req.stage == "pending" else None,
                 )
             except KmsError as err:
                 # A clear refusal leaves nothing behind. After an ambiguous failure (a 5xx, a
@@ -187,6 +202,8 @@ def _intent(req: PutRequest, sm_name: str) -> dict[str, Any]:
         "expires_at": req.expires_at.isoformat() if req.expires_at else None,
         "spec": req.spec,
         "public_key": req.public_key,
+        "stage": req.stage,
+        "rotation": req.rotation,
     }
 
 
@@ -215,11 +232,49 @@ async def _record(
         orjson.dumps(intent["spec"]).decode() if intent.get("spec") else None,
         intent.get("public_key"),
     )
-    await conn.execute(_RETIRE_PREVIOUS, secret_id)
-    await conn.execute(_DEMOTE_CURRENT, secret_id)
-    await conn.execute(_INSERT_VERSION, secret_id, version_id, intent["created_by"])
+    if intent.get("stage", "current") == "pending":
+        await _record_pending(conn, intent, secret_id, version_id)
+    else:
+        await conn.execute(_RETIRE_PREVIOUS, secret_id)
+        await conn.execute(_DEMOTE_CURRENT, secret_id)
+        await conn.execute(_INSERT_VERSION, secret_id, version_id, "current", intent["created_by"])
     await record_secret_change(conn, intent["path"], node["id"], secret_id)
     return True
+
+
+async def _record_pending(
+    conn: Conn, intent: dict[str, Any], secret_id: int, version_id: str
+) -> None:
+    """A rotation's new version: stage pending, and the rotation row that will drive it."""
+    old = await conn.fetchval(
+        "SELECT version_id FROM secret_versions WHERE secret_id = $1 AND stage = 'current'",
+        secret_id,
+    )
+    await conn.execute(_INSERT_VERSION, secret_id, version_id, "pending", intent["created_by"])
+    settings = intent.get("rotation") or {}
+    rotation_id = await conn.fetchval(
+        rotations_db.INSERT_ROTATION,
+        secret_id,
+        settings.get("mode", "manual"),
+        bool(settings.get("leaked", False)),
+        int(settings.get("gate_timeout_s", 3600)),
+        old,
+        version_id,
+        datetime.fromisoformat(settings["started_at"])
+        if "started_at" in settings
+        else datetime.now(UTC),
+        intent["created_by"],
+    )
+    row = await conn.fetchrow(rotations_db.BY_ID, rotation_id)
+    assert row is not None  # inserted just above, in this transaction
+    await rotations_db.record_event(
+        conn,
+        row,
+        "start",
+        "pending",
+        intent["created_by"],
+        detail={"mode": row["mode"], "leaked": row["leaked"], "generated": bool(intent["spec"])},
+    )
 
 
 async def delete_secret(pool: asyncpg.Pool, sm: SecretsWriter, path: NodePath, name: str) -> None:

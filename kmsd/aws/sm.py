@@ -44,6 +44,7 @@ class SecretsWriter:
         create: bool,
         tags: Mapping[str, str],
         description: str = "",
+        stages: list[str] | None = None,
     ) -> WriteResult:
         """Create the secret or add a version; ``version_id`` makes the call idempotent."""
         payload: dict[str, Any] = (
@@ -66,6 +67,8 @@ class SecretsWriter:
                     # An SM secret with our deterministic name but no metadata: left by a
                     # deleted node (scheduled for deletion) or a write whose metadata was lost.
                     await self._adopt(sm_name, tags)
+            if stages is not None:
+                payload["VersionStages"] = stages  # e.g. AWSPENDING: AWSCURRENT stays put
             resp = await self._sm.put_secret_value(
                 SecretId=sm_name, ClientRequestToken=version_id, **payload
             )
@@ -119,6 +122,36 @@ class SecretsWriter:
         except BotoCoreError as exc:
             raise UpstreamError(
                 f"could not reach Secrets Manager to list {sm_name!r}: {type(exc).__name__}"
+            ) from None
+
+    async def labels(self, secret_id: str) -> dict[str, list[str]]:
+        """Which staging labels each version carries (DescribeSecret's VersionIdsToStages)."""
+        try:
+            desc = await self._sm.describe_secret(SecretId=secret_id)
+        except ClientError as exc:
+            raise _upstream("describe", secret_id, exc) from None
+        except BotoCoreError as exc:
+            raise UpstreamError(
+                f"could not reach Secrets Manager to describe {secret_id!r}: {type(exc).__name__}"
+            ) from None
+        return {k: list(v) for k, v in desc.get("VersionIdsToStages", {}).items()}
+
+    async def move_label(
+        self, secret_id: str, label: str, *, to: str | None, away_from: str | None
+    ) -> None:
+        """Put ``label`` on version ``to`` (taking it off ``away_from``), or only take it off."""
+        kwargs: dict[str, Any] = {"SecretId": secret_id, "VersionStage": label}
+        if to is not None:
+            kwargs["MoveToVersionId"] = to
+        if away_from is not None:
+            kwargs["RemoveFromVersionId"] = away_from
+        try:
+            await self._sm.update_secret_version_stage(**kwargs)
+        except ClientError as exc:
+            raise _upstream(f"move the {label} label of", secret_id, exc) from None
+        except BotoCoreError as exc:
+            raise UpstreamError(
+                f"could not reach Secrets Manager to label {secret_id!r}: {type(exc).__name__}"
             ) from None
 
     async def delete(self, sm_name: str) -> None:

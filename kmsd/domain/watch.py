@@ -71,7 +71,20 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
     clean_pids.extend(pid for pid in reads if pid not in clean_pids)
     if len(clean_pids) > MAX_PROCESS_IDS:
         raise InvalidInput(f"at most {MAX_PROCESS_IDS} app process ids per instance")
-    versions = doc.get("versions", {})
+    versions = _versions(doc.get("versions", {}))
+    return WatchRequest(
+        path,
+        version,
+        instance,
+        tuple(clean_pids),
+        held,
+        reads,
+        versions,
+    )
+
+
+def _versions(versions: Any) -> dict[str, list[str]]:
+    """``{secret name: [version ids]}``: every version of each secret an instance holds."""
     if not isinstance(versions, dict) or len(versions) > MAX_HELD:
         raise InvalidInput(f"'versions' must be an object of at most {MAX_HELD} name: [ids]")
     for name, ids in versions.items():
@@ -85,15 +98,7 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
                 f"each 'versions' entry must be a list of at most {MAX_VERSIONS_PER_SECRET} "
                 "version ids"
             )
-    return WatchRequest(
-        path,
-        version,
-        instance,
-        tuple(clean_pids),
-        held,
-        reads,
-        {n: list(v) for n, v in versions.items()},
-    )
+    return {n: list(v) for n, v in versions.items()}
 
 
 def _held(held: Any, field_name: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ one :class:`~kmsagent.aws.Reader` (its SM client; each agent still reads every n
 itself, since the value cache is per agent).
 
 Two subclasses only *observe* the real logic: ``_Kmsd.watch`` notes when a long poll came
-back with a new effective set, ``_Agent._publish`` when the new view was swapped in (from that
+back with a new effective set, ``_Agent.publish`` when the new view was swapped in (from that
 instant the local API would serve it). Times are ``time.monotonic_ns()``, system-wide on
 Linux, so the parent compares them with its own "PUT returned".
 
@@ -62,8 +62,8 @@ class _Agent(Agent):
         self.fleet = fleet
         self.index = index
 
-    def _publish(self, state: PathState, view: PathView) -> None:
-        super()._publish(state, view)
+    def publish(self, state: PathState, view: PathView) -> None:
+        super().publish(state, view)
         self.fleet.published(self, view, time.monotonic_ns())
 
 

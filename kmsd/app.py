@@ -22,6 +22,7 @@ from kmsd.db.audit import AuditWriter
 from kmsd.db.bindings import BindingsCache
 from kmsd.db.migrate import migrate
 from kmsd.db.sessions import SessionCache
+from kmsd.domain.adoption import STALE_AFTER_HOLDS
 from kmsd.domain.profile import load_profile
 from kmsd.http import middleware
 from kmsd.http.routes import setup_routes
@@ -40,6 +41,7 @@ from kmsd.keys import (
     METRICS,
     POOL,
     PROFILE,
+    ROTATIONS,
     SCHEDULER,
     SESSIONS,
     SETTINGS,
@@ -47,6 +49,7 @@ from kmsd.keys import (
     WAKER,
 )
 from kmsd.metrics import Metrics
+from kmsd.rotations import Rotations
 from kmsd.scheduler import Scheduler
 from kmsd.tasks import cancel_quietly, supervise
 
@@ -145,6 +148,16 @@ async def _answer_held_polls(app: web.Application) -> None:
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    rotations = Rotations(
+        app[POOL],
+        app[SM],
+        app[HUB],
+        app[CLOCK],
+        app[PROFILE],
+        sm_prefix=settings.sm_prefix,
+        stale_after=timedelta(seconds=STALE_AFTER_HOLDS * settings.watch_max_hold_s),
+    )
+    app[ROTATIONS] = rotations
     scheduler = Scheduler(
         dsn=settings.database_url,
         pool=app[POOL],
@@ -157,6 +170,8 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         replica=settings.replica_id,
         lead=timedelta(days=settings.rotation_lead_days),
         tick_s=settings.scheduler_tick_s,
+        driver=rotations,
+        driver_tick_s=settings.rotation_tick_s,
     )
     app[SCHEDULER] = scheduler
     task = asyncio.create_task(supervise("scheduler", scheduler.run), name="kmsd-scheduler")

@@ -57,6 +57,7 @@ class Settings:
     security_profile: str | None = None  # path of a TOML profile; None: the shipped default
     rotation_lead_days: int = 14
     scheduler_tick_s: float = 5.0
+    rotation_tick_s: float = 1.0  # how often the leader checks rotation gates
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -111,6 +112,8 @@ class Settings:
             rotation_lead_days=_int(
                 env.get("KMSD_ROTATION_LEAD_DAYS", "14"), "KMSD_ROTATION_LEAD_DAYS", 1, 365
             ),
+            scheduler_tick_s=_seconds(env.get("KMSD_SCHEDULER_TICK", "5"), "KMSD_SCHEDULER_TICK"),
+            rotation_tick_s=_seconds(env.get("KMSD_ROTATION_TICK", "1"), "KMSD_ROTATION_TICK"),
         )
         for pattern in settings.admins:
             try:
@@ -124,6 +127,16 @@ class Settings:
         if settings.log_format not in ("json", "console"):
             raise ConfigError("KMSD_LOG_FORMAT must be 'json' or 'console'")
         return settings
+
+
+def _seconds(raw: str, name: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0.01 <= value <= 3600:
+        raise ConfigError(f"{name} must be between 0.01 and 3600 seconds, got {value}")
+    return value
 
 
 def _int(raw: str, name: str, low: int = 1, high: int = 2**31 - 1) -> int:

@@ -17,6 +17,7 @@ from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
 from kmsd.metrics import Metrics
+from kmsd.rotations import Rotations
 from kmsd.scheduler import Scheduler
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -34,3 +35,4 @@ BINDINGS = web.AppKey("bindings", BindingsCache)
 PROFILE = web.AppKey("profile", Profile)
 KMS = web.AppKey("kms", object)  # the guarded aiobotocore KMS client (untyped)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+ROTATIONS = web.AppKey("rotations", Rotations)

@@ -16,9 +16,10 @@ listed by ``GET /v1/expiring``.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import orjson
@@ -32,6 +33,9 @@ from kmsd.domain.profile import Profile
 from kmsd.errors import InvalidInput, KmsError
 from kmsd.keygen import generate
 from kmsd.metrics import Metrics
+
+if TYPE_CHECKING:
+    from kmsd.rotations import Rotations
 
 log = structlog.get_logger(__name__)
 
@@ -81,10 +85,14 @@ class Scheduler:
     leader: bool = False
     rotations: int = 0
     ticks: int = 0
+    # Operator rotations (kmsd.rotations) are driven by the leader too, more often.
+    driver: Rotations | None = None
+    driver_tick_s: float = 1.0
 
     async def run(self) -> None:
         """Try for leadership every tick; while leader, rotate what is due."""
         conn = await asyncpg.connect(self.dsn)
+        renew_at = 0.0
         try:
             while True:
                 if not self.leader:
@@ -95,8 +103,13 @@ class Scheduler:
                         log.info("scheduler_leader", replica=self.replica)
                         self.metrics.scheduler_leader.set(1)
                 if self.leader:
-                    await self.tick()
-                await asyncio.sleep(self.tick_s)
+                    now = time.monotonic()
+                    if now >= renew_at:
+                        await self.tick()
+                        renew_at = now + self.tick_s
+                    if self.driver is not None:
+                        await self.driver.tick()
+                await asyncio.sleep(min(self.tick_s, self.driver_tick_s))
         finally:
             self.leader = False
             self.metrics.scheduler_leader.set(0)

@@ -42,9 +42,9 @@ log = structlog.get_logger(__name__)
 # An intent younger than this may belong to a write still in flight (SM timeout x retries).
 RECONCILE_MIN_AGE = timedelta(minutes=2)
 
-_LOCK = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
+LOCK = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
-_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
+UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
 _UPSERT_SECRET = """
 INSERT INTO secrets (node_id, name, kind, sm_name, sm_arn, description, tags, created_by,
                      expires_at, spec, public_key)
@@ -115,7 +115,7 @@ async def put_secret(
     sm_name = sm_name_for(prefix, req.path, req.name)
     version_id = str(uuid.uuid4())
     async with pool.acquire() as conn:
-        await conn.execute(_LOCK, sm_name)
+        await conn.execute(LOCK, sm_name)
         try:
             async with conn.transaction():
                 node = await store.get_node(conn, req.path)
@@ -178,7 +178,7 @@ async def put_secret(
                     version_id=version_id,
                 ) from None
         finally:
-            await conn.execute(_UNLOCK, sm_name)
+            await conn.execute(UNLOCK, sm_name)
     log.info("secret_put", path=str(req.path), name=req.name, version_id=version_id)
     return {
         "path": str(req.path),
@@ -322,7 +322,7 @@ async def _apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_n
     exists again in PostgreSQL: deleting in SM then would destroy the re-created secret.
     """
     async with pool.acquire() as conn:
-        await conn.execute(_LOCK, sm_name)
+        await conn.execute(LOCK, sm_name)
         try:
             if not await conn.fetchval(_DELETE_STILL_WANTED, row_id, sm_name):
                 await conn.execute(store.DELETE_OUTBOX, row_id)
@@ -335,7 +335,7 @@ async def _apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_n
                 return
             await conn.execute(store.DELETE_OUTBOX, row_id)
         finally:
-            await conn.execute(_UNLOCK, sm_name)
+            await conn.execute(UNLOCK, sm_name)
 
 
 async def reconcile(
@@ -369,7 +369,7 @@ async def reconcile(
                         await _record(conn, row["id"], intent, arn, row["version_id"])
                         counts["recorded"] += 1
             finally:
-                await conn.execute(_UNLOCK, row["sm_name"])
+                await conn.execute(UNLOCK, row["sm_name"])
     if any(counts.values()):
         log.info("outbox_reconciled", **counts)
     return counts

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+# Instances silent for this many maximum holds are reported stale: a live agent renews its poll
+# at least once per hold, so three missed renewals mean it is gone (or cut off).
+STALE_AFTER_HOLDS = 3
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceReport:

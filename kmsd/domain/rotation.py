@@ -23,6 +23,7 @@ and applies the answer (metadata stages, SM labels, path versions) with I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -40,6 +41,7 @@ CURRENT, PENDING, PREVIOUS, REVOKED = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS",
 MANAGED_LABELS = (CURRENT, PENDING, PREVIOUS, REVOKED)
 LABEL_OF_STAGE = {"current": CURRENT, "pending": PENDING, "previous": PREVIOUS, "revoked": REVOKED}
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 DEFAULT_GATE_TIMEOUT = timedelta(hours=1)
 LEAKED_GATE_TIMEOUT = timedelta(minutes=5)
 
@@ -201,7 +203,8 @@ def command(
             {rotation.new_version: "revoked"},
         )
     # advance
-    assert gate is not None, "the driver evaluates the gate of an active rotation"
+    if gate is None:
+        raise Conflict(f"rotation {rotation.id}: its gate could not be evaluated; try again")
     if not gate.met and not force:
         names = ", ".join(i.instance_id for i in gate.waiting[:5])
         more = f" and {len(gate.waiting) - 5} more" if len(gate.waiting) > 5 else ""
@@ -223,7 +226,7 @@ def _advance(rotation: Rotation, now: datetime, *, forced: bool, reason: str) ->
         )
     return Transition(
         "revoke",
-        replace(rotation, phase="done", phase_since=now),
+        replace(rotation, phase="done", paused=False, phase_since=now),
         {rotation.old_version: "revoked"},
         forced=forced,
         reason=reason,
@@ -305,14 +308,11 @@ def next_label_op(
 
 def parse_duration(raw: str) -> timedelta:
     """``90s``, ``15m``, ``2h``, ``1d`` (or plain seconds) as a timedelta, 10 s to 30 days."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = raw.strip().lower()
-    scale = units.get(text[-1:], 0)
-    number = text[:-1] if scale else text
-    try:
-        seconds = float(number) * (scale or 1)
-    except ValueError:
-        raise InvalidInput(f"gate timeout {raw!r}: use e.g. 90s, 15m, 2h or 1d") from None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
+    match = _DURATION.fullmatch(raw.strip().lower())
+    if match is None:
+        raise InvalidInput(f"gate timeout {raw!r}: use e.g. 90s, 15m, 2h or 1d")
+    seconds = float(match[1]) * units[match[2]]
     if not 10 <= seconds <= 30 * 86400:
         raise InvalidInput("gate timeout must be between 10 seconds and 30 days")
     return timedelta(seconds=seconds)

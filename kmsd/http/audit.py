@@ -51,6 +51,12 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/shares"): "share.delete",
     ("PUT", "/v1/refs/{ref}"): "ref.create",
     ("DELETE", "/v1/refs/{ref}"): "ref.delete",
+    ("POST", "/v1/rotations"): "rotation.start",
+    ("GET", "/v1/rotations"): "rotation.list",
+    ("GET", "/v1/rotations/{id}"): "rotation.read",
+    ("POST", "/v1/rotations/{id}/{verb}"): "rotation.command",
+    ("PUT", "/v1/webhooks/{path}"): "webhook.set",
+    ("DELETE", "/v1/webhooks/{path}"): "webhook.delete",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
 }

@@ -23,6 +23,7 @@ from kmsd.http import access, iam
 from kmsd.http.access import authorize
 from kmsd.http.auth import login
 from kmsd.http.common import flag, json_body, json_response
+from kmsd.http.rotations import setup_rotation_routes
 from kmsd.http.sharing import setup_sharing_routes
 from kmsd.http.watch import adoption, watch
 from kmsd.keygen import generate
@@ -427,5 +428,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/audit/verify", audit_verify)
     app.router.add_get("/v1/expiring", expiring)
     setup_sharing_routes(app)
+    setup_rotation_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -7,7 +7,7 @@ from datetime import timedelta
 import orjson
 from aiohttp import web
 
-from kmsd.domain.adoption import InstanceReport, summarise
+from kmsd.domain.adoption import STALE_AFTER_HOLDS, InstanceReport, summarise
 from kmsd.domain.names import NodePath
 from kmsd.domain.watch import WATCH_FIELDS, parse_timeout, parse_watch
 from kmsd.errors import NotFound
@@ -18,10 +18,6 @@ from kmsd.hub.adoption import ROWS_OF_PATH, Report
 from kmsd.hub.hub import TIMEOUT, Snapshot
 from kmsd.hub.index import Waiter
 from kmsd.keys import ADOPTION, CLOCK, HUB, POOL, SETTINGS
-
-# Instances silent for this many maximum holds are reported stale: a live agent renews its poll
-# at least once per hold, so three missed renewals mean it is gone (or cut off).
-STALE_AFTER_HOLDS = 3
 
 
 async def watch(request: web.Request) -> web.StreamResponse:

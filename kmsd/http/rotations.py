@@ -1,0 +1,190 @@
+"""Rotation API: start, list, describe, operator commands; application webhooks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+
+from kmsd import rotations
+from kmsd.domain import rotation as machine
+from kmsd.domain.access import ROOT
+from kmsd.domain.names import NodePath, check_segment
+from kmsd.errors import InvalidInput, NotFound
+from kmsd.http.access import authorize
+from kmsd.http.common import AUDIT_TARGET, json_body, json_response
+from kmsd.keys import POOL, ROTATIONS
+
+START_FIELDS = frozenset(
+    {"path", "name", "value", "value_b64", "generate", "mode", "gate_timeout", "leaked"}
+)
+
+
+def _rotation_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise NotFound("rotation ids are integers") from None
+
+
+async def _secret_path(request: web.Request, rotation_id: int) -> str:
+    path = await request.app[POOL].fetchval(
+        "SELECT n.path FROM rotations r JOIN secrets s ON s.id = r.secret_id "
+        "JOIN nodes n ON n.id = s.node_id WHERE r.id = $1",
+        rotation_id,
+    )
+    if path is None:
+        raise NotFound(f"rotation {rotation_id} does not exist")
+    request[AUDIT_TARGET] = f"{path} rotation {rotation_id}"
+    return str(path)
+
+
+async def start(request: web.Request) -> web.Response:
+    doc = await json_body(request, allowed=START_FIELDS)
+    raw_path, name = doc.get("path"), doc.get("name")
+    if not isinstance(raw_path, str) or not isinstance(name, str):
+        raise InvalidInput("'path' and 'name' (strings) name the secret to rotate")
+    path = NodePath.parse(raw_path)
+    check_segment(name, "secret name")
+    request[AUDIT_TARGET] = f"{path}/{name}"
+    who = await authorize(request, "rotate", str(path))
+    value = _value(doc)
+    leaked = doc.get("leaked", False)
+    if not isinstance(leaked, bool):
+        raise InvalidInput("'leaked' must be true or false")
+    mode = doc.get("mode", "auto" if leaked else "manual")
+    default_timeout = machine.LEAKED_GATE_TIMEOUT if leaked else machine.DEFAULT_GATE_TIMEOUT
+    raw_timeout = doc.get("gate_timeout")
+    if raw_timeout is not None and not isinstance(raw_timeout, str | int):
+        raise InvalidInput("'gate_timeout' is a duration such as 90s, 15m or 2h")
+    timeout = (
+        machine.parse_duration(str(raw_timeout)) if raw_timeout is not None else default_timeout
+    )
+    result = await request.app[ROTATIONS].start(
+        rotations.StartRequest(
+            path=path,
+            name=name,
+            value=value,
+            mode=str(mode),
+            gate_timeout=timeout,
+            leaked=leaked,
+            started_by=who.arn,
+        )
+    )
+    return json_response(result, status=201)
+
+
+def _value(doc: dict[str, Any]) -> str | bytes | None:
+    """The new value (JSON object or base64 bytes), or None to generate it by the spec."""
+    given = [k for k in ("value", "value_b64") if k in doc]
+    generate = doc.get("generate", False)
+    if not isinstance(generate, bool):
+        raise InvalidInput("'generate' must be true or false")
+    if generate == bool(given) or len(given) > 1:
+        raise InvalidInput("give exactly one of 'value' (JSON object), 'value_b64' or 'generate'")
+    if generate:
+        return None
+    if "value" in doc:
+        if not isinstance(doc["value"], dict):
+            raise InvalidInput("'value' must be a JSON object")
+        return orjson.dumps(doc["value"]).decode()
+    try:
+        return base64.b64decode(str(doc["value_b64"]), validate=True)
+    except binascii.Error:
+        raise InvalidInput("'value_b64' is not valid base64") from None
+
+
+async def list_rotations(request: web.Request) -> web.Response:
+    path = request.query.get("path")
+    if path is not None:
+        path = str(NodePath.parse(path))
+    await authorize(request, "view", path or ROOT)
+    active = request.query.get("active", "false").lower() in ("1", "true", "yes")
+    try:
+        limit = min(int(request.query.get("limit", "100")), 1000)
+    except ValueError:
+        raise InvalidInput("limit must be an integer") from None
+    found = await request.app[ROTATIONS].list(path, active_only=active, limit=limit)
+    return json_response({"rotations": list(found)})
+
+
+async def describe(request: web.Request) -> web.Response:
+    rotation_id = _rotation_id(request)
+    await authorize(request, "view", await _secret_path(request, rotation_id))
+    return json_response(await request.app[ROTATIONS].describe(rotation_id))
+
+
+async def act(request: web.Request) -> web.Response:
+    rotation_id = _rotation_id(request)
+    verb = request.match_info["verb"]
+    if verb not in machine.COMMANDS:
+        raise NotFound(f"no such rotation command {verb!r}; one of {', '.join(machine.COMMANDS)}")
+    who = await authorize(request, "rotate", await _secret_path(request, rotation_id))
+    doc = await json_body(request, allowed={"force"}) if request.can_read_body else {}
+    force = doc.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidInput("'force' must be true or false")
+    request[AUDIT_TARGET] += f": {verb}{' (force)' if force else ''}"
+    result = await request.app[ROTATIONS].act(rotation_id, verb, force=force, actor=who.arn)
+    return json_response(result)
+
+
+# -- webhooks ---------------------------------------------------------------------------------
+
+
+async def set_webhook(request: web.Request) -> web.Response:
+    app_path = NodePath.parse(request.match_info["path"])
+    if len(app_path.segments) != 2:
+        raise InvalidInput("a webhook belongs to an application: namespace/application")
+    who = await authorize(request, "admin", str(app_path))
+    doc = await json_body(request, allowed={"url"})
+    url = doc.get("url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidInput("'url' must be an http(s) URL")
+    key = secrets.token_urlsafe(32)
+    await request.app[POOL].execute(
+        """INSERT INTO webhooks (app_path, url, hmac_key, created_by) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (app_path) DO UPDATE
+           SET url = EXCLUDED.url, hmac_key = EXCLUDED.hmac_key,
+               created_by = EXCLUDED.created_by, created_at = now()""",
+        str(app_path),
+        url,
+        key,
+        who.arn,
+    )
+    # The key is shown once, to whoever set the hook: the receiver verifies with it.
+    return json_response(
+        {
+            "app": str(app_path),
+            "url": url,
+            "hmac_key": key,
+            "signature_header": "X-Kmsd-Signature: sha256=<hex HMAC-SHA256 of the body>",
+        },
+        status=201,
+    )
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    app_path = NodePath.parse(request.match_info["path"])
+    await authorize(request, "admin", str(app_path))
+    deleted = await request.app[POOL].fetchval(
+        "DELETE FROM webhooks WHERE app_path = $1 RETURNING app_path", str(app_path)
+    )
+    if deleted is None:
+        raise NotFound(f"{app_path} has no webhook")
+    return web.Response(status=204)
+
+
+def setup_rotation_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/rotations", start)
+    app.router.add_get("/v1/rotations", list_rotations)
+    app.router.add_get("/v1/rotations/{id}", describe)
+    app.router.add_post("/v1/rotations/{id}/{verb}", act)
+    app.router.add_put("/v1/webhooks/{path:.+}", set_webhook)
+    app.router.add_delete("/v1/webhooks/{path:.+}", delete_webhook)

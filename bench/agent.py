@@ -44,7 +44,6 @@ import os
 import re
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -260,8 +259,9 @@ class Bench:
         self.cfg = cfg
         self.deadline = deadline
         self.run_dir = Path(tempfile.mkdtemp(prefix="kmsagent-bench-", dir="/tmp"))
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
+        self.http: aiohttp.ClientSession  # made in setup(), inside the event loop
         self.token = ""
+        self.rotated = ""  # the current version id of ROTATED
         self.agents: list[AgentProc] = []
         self.fleet: Fleet | None = None
         self.out: dict[str, Any] = {}
@@ -286,6 +286,8 @@ class Bench:
     async def put(self, path: str, name: str, value: dict[str, Any]) -> str:
         """``kmsctl secret put PATH NAME --json VALUE``: the new version id."""
         doc = await self.api("PUT", f"/v1/secrets/{path}/{name}", {"kind": "json", "value": value})
+        if (path, name) == (APP, ROTATED):
+            self.rotated = str(doc["version_id"])
         return str(doc["version_id"])
 
     async def kmsd_metric(self, name: str) -> float:
@@ -310,6 +312,7 @@ class Bench:
     # -- set-up ------------------------------------------------------------------------------
 
     async def setup(self) -> None:
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
         async with self.http.post(
             self.addr + "/v1/auth/aws/login", json=login_body(self.env)
         ) as resp:
@@ -317,7 +320,8 @@ class Bench:
         for app in (APP, RSS_APP):
             await self.api("PUT", f"/v1/nodes/{app}?parents=true")
         for name in (READ_SECRET, "s1", ROTATED):
-            await self.put(APP, name, value(0))
+            version_id = await self.put(APP, name, value(0))
+        self.rotated = version_id
         arn = await asyncio.to_thread(self._host_user)
         for app in (APP, RSS_APP):
             body = {"principal": arn, "path": app, "permission": "read", "cidrs": []}
@@ -347,7 +351,8 @@ class Bench:
         for agent in self.agents:
             await agent.close()
         self.agents = []
-        await self.http.close()
+        if hasattr(self, "http"):
+            await self.http.close()
 
     # -- 1. reads ----------------------------------------------------------------------------
 
@@ -358,7 +363,10 @@ class Bench:
         loop = asyncio.get_running_loop()
         runs: list[dict[str, Any]] = []
         with ProcessPoolExecutor(
-            1, mp_context=mp.get_context("spawn"), initializer=_agent_load.pin, initargs=({LOAD_CPU},)
+            1,
+            mp_context=mp.get_context("spawn"),
+            initializer=_agent_load.pin,
+            initargs=({LOAD_CPU},),
         ) as pool:
             shapes: list[tuple[Callable[..., dict[str, Any]], float]] = [
                 (_agent_load.closed, c) for c in cfg.concurrencies
@@ -367,9 +375,7 @@ class Bench:
             for fn, arg in shapes:
                 self.deadline.left(cfg.read_s + 30)
                 cpu0 = cpu_s(agent.pid)
-                result = await loop.run_in_executor(
-                    pool, fn, agent.socket, url, arg, cfg.read_s
-                )
+                result = await loop.run_in_executor(pool, fn, agent.socket, url, arg, cfg.read_s)
                 agent_cpu = cpu_s(agent.pid) - cpu0
                 # CPU includes the unrecorded warm-up requests: a slight over-estimate.
                 result["agent_cpu_us_per_req"] = round(agent_cpu / result["requests"] * 1e6, 1)
@@ -396,7 +402,10 @@ class Bench:
         for k in range(self.cfg.changes):
             await self.until(lambda: self.held_polls(1), "the agent's poll held by kmsd", 0.002)
             _, doc = await agent.get("/v1/version")
-            app = asyncio.create_task(self._app_waits(agent, doc["path_version"]))
+            _, had = await agent.get(f"/v1/secrets/{ROTATED}")
+            app = asyncio.create_task(
+                self._app_waits(agent, doc["path_version"], had["version_id"])
+            )
             try:
                 await self.until(
                     lambda: self._local_watchers(agent, 1), "the application's poll held", 0.002
@@ -427,14 +436,14 @@ class Bench:
     async def _local_watchers(self, agent: AgentProc, n: int) -> bool:
         return await agent.metric("kmsagent_local_watchers") == n
 
-    async def _app_waits(self, agent: AgentProc, since: int) -> tuple[str, int]:
+    async def _app_waits(self, agent: AgentProc, since: int, had: str) -> tuple[str, int]:
         """An application: long poll the agent, then read until it has a new version."""
         while True:
             status, doc = await agent.get(f"/v1/watch?since={since}&timeout=30")
             if status == 200:
                 since = doc["path_version"]
             status, secret = await agent.get(f"/v1/secrets/{ROTATED}")
-            if status == 200 and secret["value"]["n"] != value(0)["n"] or since < 0:
+            if status == 200 and secret["version_id"] != had:
                 return str(secret["version_id"]), time.monotonic_ns()
 
     # -- 3. rss ------------------------------------------------------------------------------
@@ -480,7 +489,12 @@ class Bench:
         script = Path(__file__).resolve().parent / "_agent_rss.py"
         env = {**os.environ, "AWS_ENDPOINT_URL": self.env["AWS_ENDPOINT_URL"]}
         done = subprocess.run(
-            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, str(script)],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if done.returncode != 0:
             raise RuntimeError(f"_agent_rss.py failed: {done.stderr[-2000:]}")
@@ -545,11 +559,14 @@ class Bench:
 
     async def _fleet_round(self, fleet: Fleet, n: int, k: int) -> dict[str, Any]:
         await self.until(lambda: self.held_polls(n), f"{n} fleet polls held", 0.02)
-        # Adoption reports of those polls written (this flushes them), every agent on the set.
+        # The polls' adoption reports written (this call flushes them): all agents hold the
+        # current version, by kmsd's own account.
         adoption = await self.api("GET", f"/v1/adoption/{APP}")
-        live = sum(1 for i in adoption["instances"] if i["instance_id"].startswith("fleet-"))
-        if live != n:
-            raise RuntimeError(f"round {k}: adoption shows {live} fleet instances, not {n}")
+        (secret,) = [s for s in adoption["secrets"] if s["name"] == ROTATED]
+        holders = [v["instances"] for v in secret["versions"] if v["version_id"] == self.rotated]
+        holding = sum(1 for i in (holders or [[]])[0] if i.startswith("fleet-"))
+        if holding != n:
+            raise RuntimeError(f"round {k}: adoption shows {holding} of {n} agents up to date")
         cpu0 = (cpu_s(self.dev.proc.pid), fleet.cpu_s())
         sent = time.monotonic_ns()
         version_id = await self.put(APP, ROTATED, value(100 + k))

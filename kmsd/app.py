@@ -156,6 +156,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         app[PROFILE],
         sm_prefix=settings.sm_prefix,
         stale_after=timedelta(seconds=STALE_AFTER_HOLDS * settings.watch_max_hold_s),
+        http=app[HTTP],
     )
     app[ROTATIONS] = rotations
     scheduler = Scheduler(

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 import structlog
 
-from kmsd import writes
+from kmsd import webhooks, writes
 from kmsd.aws.sm import SecretsWriter
 from kmsd.clock import Clock
 from kmsd.db import Conn, store
@@ -55,18 +56,23 @@ _RETIRE_OTHER_REVOKED = """
 UPDATE secret_versions SET stage = 'deprecated'
 WHERE secret_id = $1 AND stage = 'revoked' AND version_id <> ALL($2::text[])
 """
+_SECRET_META = """
+UPDATE secrets SET expires_at = $2, spec = $3::jsonb, public_key = $4, updated_at = now()
+WHERE id = $1
+"""
 _UPDATE_ROTATION = """
 UPDATE rotations SET phase = $2, paused = $3, phase_since = $4,
        labels_pending = labels_pending OR $5, timed_out = false,
-       finished_at = CASE WHEN $2 IN ('done', 'aborted', 'rolled_back') THEN $4 END
+       finished_at = CASE WHEN $2 IN ('done', 'aborted', 'rolled_back') THEN $4::timestamptz END
 WHERE id = $1
 """
 _LABELS_DONE = "UPDATE rotations SET labels_pending = false WHERE id = $1"
 _TIMED_OUT = "UPDATE rotations SET timed_out = true WHERE id = $1 AND NOT timed_out"
+# The patterns come from store.below_pattern (backslash escapes: LIKE's default).
 _ADOPTION_UNDER = """
 SELECT path, instance_id, ip, held::text AS held, versions::text AS versions,
        processes::text AS processes, last_seen
-FROM adoption WHERE path = ANY($1::text[]) OR path LIKE ANY($2::text[]) ESCAPE '\\'
+FROM adoption WHERE path = ANY($1::text[]) OR path LIKE ANY($2::text[])
 """
 _REFERENCING_NODES = (
     "SELECT n.path FROM refs r JOIN nodes n ON n.id = r.node_id WHERE r.secret_id = $1"
@@ -114,6 +120,7 @@ class Rotations:
         *,
         sm_prefix: str,
         stale_after: timedelta,
+        http: aiohttp.ClientSession | None = None,
     ) -> None:
         self.pool = pool
         self.sm = sm
@@ -122,6 +129,7 @@ class Rotations:
         self.profile = profile
         self.sm_prefix = sm_prefix
         self.stale_after = stale_after
+        self.http = http
         self.ticks = 0
 
     # -- start -----------------------------------------------------------------------------
@@ -279,6 +287,19 @@ class Rotations:
             transition.stages.items(), key=lambda item: _STAGE_ORDER[item[1]]
         ):
             await conn.execute(_SET_STAGE, row["secret_id"], version_id, stage)
+        # The secret's expiry, spec and public key follow its current version.
+        meta = {"promote": row["secret_after"], "rollback": row["secret_before"]}.get(
+            transition.action
+        )
+        if meta is not None:
+            doc = orjson.loads(meta)
+            await conn.execute(
+                _SECRET_META,
+                row["secret_id"],
+                datetime.fromisoformat(doc["expires_at"]) if doc.get("expires_at") else None,
+                orjson.dumps(doc["spec"]).decode() if doc.get("spec") else None,
+                doc.get("public_key"),
+            )
 
     async def sync_labels(self, rotation_id: int) -> bool:
         """Bring SM's staging labels in line with the recorded stages; True when they are."""
@@ -385,6 +406,8 @@ class Rotations:
                 continue  # an operator acted meanwhile: next tick sees the new state
             except KmsError as exc:
                 log.warning("rotation_drive_failed", rotation_id=row["id"], error=exc.detail)
+        if self.http is not None:
+            await webhooks.deliver_due(self.pool, self.http)
         self.ticks += 1
         return moved
 

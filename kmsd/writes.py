@@ -217,24 +217,31 @@ async def _record(
         # The node was deleted while the value was in flight: the SM secret is an orphan.
         await conn.execute(store.INSERT_OUTBOX, "delete", intent["sm_name"], None, "{}")
         return False
-    expires = datetime.fromisoformat(intent["expires_at"]) if intent["expires_at"] else None
-    secret_id = await conn.fetchval(
-        _UPSERT_SECRET,
-        node["id"],
-        intent["name"],
-        intent["kind"],
-        intent["sm_name"],
-        arn,
-        intent["description"],
-        orjson.dumps(intent["tags"]).decode(),
-        intent["created_by"],
-        expires,
-        orjson.dumps(intent["spec"]).decode() if intent.get("spec") else None,
-        intent.get("public_key"),
-    )
     if intent.get("stage", "current") == "pending":
+        # A rotation's new version changes nothing of the secret until it is promoted: its
+        # expiry, spec and public key wait in the rotation row (``after``).
+        secret_id = await conn.fetchval(
+            "SELECT id FROM secrets WHERE node_id = $1 AND name = $2", node["id"], intent["name"]
+        )
+        if secret_id is None:
+            return False  # deleted while the value was in flight (its SM deletion is queued)
         await _record_pending(conn, intent, secret_id, version_id)
     else:
+        expires = datetime.fromisoformat(intent["expires_at"]) if intent["expires_at"] else None
+        secret_id = await conn.fetchval(
+            _UPSERT_SECRET,
+            node["id"],
+            intent["name"],
+            intent["kind"],
+            intent["sm_name"],
+            arn,
+            intent["description"],
+            orjson.dumps(intent["tags"]).decode(),
+            intent["created_by"],
+            expires,
+            orjson.dumps(intent["spec"]).decode() if intent.get("spec") else None,
+            intent.get("public_key"),
+        )
         await conn.execute(_RETIRE_PREVIOUS, secret_id)
         await conn.execute(_DEMOTE_CURRENT, secret_id)
         await conn.execute(_INSERT_VERSION, secret_id, version_id, "current", intent["created_by"])
@@ -252,6 +259,10 @@ async def _record_pending(
     )
     await conn.execute(_INSERT_VERSION, secret_id, version_id, "pending", intent["created_by"])
     settings = intent.get("rotation") or {}
+    before = await conn.fetchrow(
+        "SELECT expires_at, spec::text AS spec, public_key FROM secrets WHERE id = $1", secret_id
+    )
+    assert before is not None  # locked by the caller's transaction
     rotation_id = await conn.fetchval(
         rotations_db.INSERT_ROTATION,
         secret_id,
@@ -264,6 +275,20 @@ async def _record_pending(
         if "started_at" in settings
         else datetime.now(UTC),
         intent["created_by"],
+        orjson.dumps(
+            {
+                "expires_at": before["expires_at"].isoformat() if before["expires_at"] else None,
+                "spec": orjson.loads(before["spec"]) if before["spec"] else None,
+                "public_key": before["public_key"],
+            }
+        ).decode(),
+        orjson.dumps(
+            {
+                "expires_at": intent["expires_at"],
+                "spec": intent.get("spec"),
+                "public_key": intent.get("public_key"),
+            }
+        ).decode(),
     )
     row = await conn.fetchrow(rotations_db.BY_ID, rotation_id)
     assert row is not None  # inserted just above, in this transaction

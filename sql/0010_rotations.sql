@@ -16,6 +16,10 @@ CREATE TABLE rotations (
     labels_pending  boolean NOT NULL DEFAULT false,
     timed_out       boolean NOT NULL DEFAULT false,
     phase_since     timestamptz NOT NULL,
+    -- The secret's expiry, spec and public key before the rotation and with its new version:
+    -- promotion applies ``secret_after``, a rollback restores ``secret_before``.
+    secret_before   jsonb NOT NULL DEFAULT '{}'::jsonb,
+    secret_after    jsonb NOT NULL DEFAULT '{}'::jsonb,
     started_by      text NOT NULL,
     started_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz

@@ -18,14 +18,15 @@ SELECT id FROM rotations WHERE secret_id = $1 AND phase IN ('pending', 'promoted
 """
 INSERT_ROTATION = """
 INSERT INTO rotations (secret_id, phase, mode, leaked, gate_timeout_s, old_version, new_version,
-                       phase_since, started_by)
-VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8)
+                       phase_since, started_by, secret_before, secret_after)
+VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb)
 RETURNING id
 """
 SELECT_ROTATION = """
 SELECT r.id, r.secret_id, r.phase, r.mode, r.paused, r.leaked, r.gate_timeout_s,
        r.old_version, r.new_version, r.labels_pending, r.timed_out, r.phase_since,
        r.started_by, r.started_at, r.finished_at,
+       r.secret_before::text AS secret_before, r.secret_after::text AS secret_after,
        s.name, s.kind, s.sm_arn, s.node_id, n.path
 FROM rotations r JOIN secrets s ON s.id = r.secret_id JOIN nodes n ON n.id = s.node_id
 """

@@ -57,6 +57,11 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/rotations/{id}/{verb}"): "rotation.command",
     ("PUT", "/v1/webhooks/{path}"): "webhook.set",
     ("DELETE", "/v1/webhooks/{path}"): "webhook.delete",
+    ("POST", "/v1/console/links"): "console.link",
+    ("GET", "/ui/login"): "console.login",
+    ("GET", "/ui/rotations"): "console.rotations",
+    ("GET", "/ui/rotations/{id}"): "console.rotation",
+    ("GET", "/ui/rotations/{id}/events"): "console.rotation_events",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
 }

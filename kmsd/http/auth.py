@@ -22,7 +22,9 @@ LOGIN_FIELDS = frozenset(
     {"iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers"}
 )
 # Routes any caller may reach without a token.
-PUBLIC_ROUTES = frozenset({"/v1/auth/aws/login", "/healthz", "/metrics"})
+PUBLIC_ROUTES = frozenset({"/v1/auth/aws/login", "/healthz", "/metrics", "/ui/login"})
+# The console's pages read their session from a cookie (HttpOnly, SameSite=Strict) instead.
+CONSOLE_COOKIE = "kmsd_console"
 
 
 async def login(request: web.Request) -> web.Response:
@@ -83,6 +85,10 @@ async def authenticate(request: web.Request) -> None:
         return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and route.startswith("/ui/"):
+        scheme, token = "bearer", request.cookies.get(CONSOLE_COOKIE, "")
+        if not token:
+            raise Unauthenticated("sign in to the console with a link from: kmsctl console")
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("send Authorization: Bearer TOKEN from POST /v1/auth/aws/login")
     session = await sessions.lookup(

@@ -57,6 +57,11 @@ TABLES = (
     "changes",
     "adoption",
     "bindings",
+    "rotations",
+    "rotation_events",
+    "webhooks",
+    "webhook_deliveries",
+    "console_codes",
 )
 
 

@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +105,41 @@ def proc_status(pid: int) -> dict[str, int]:
     found = dict(re.findall(r"^(\w+):\s+(\d+) kB", text, re.M))
     names = {"rss_kib": "VmRSS", "hwm_kib": "VmHWM", "anon_kib": "RssAnon", "file_kib": "RssFile"}
     return {k: int(found[v]) for k, v in names.items()}
+
+
+def threads_of(pids: list[int]) -> list[int]:
+    """Every thread of ``pids`` (affinity is per thread on Linux)."""
+    out: list[int] = []
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            out.extend(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    return out
+
+
+def children_of(ppid: int) -> list[int]:
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    out.append(int(entry.name))
+    return out
+
+
+@contextlib.contextmanager
+def pinned(placement: dict[int, set[int]]) -> Iterator[None]:
+    """Pin each thread to its CPUs for the block, then give each back its own affinity."""
+    before: dict[int, set[int]] = {}
+    try:
+        for tid, cpus in placement.items():
+            with contextlib.suppress(ProcessLookupError):
+                before[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, cpus)
+        yield
+    finally:
+        for tid, cpus in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
 
 
 def mib(kib: int) -> float:
@@ -356,32 +391,42 @@ class Bench:
 
     # -- 1. reads ----------------------------------------------------------------------------
 
+    def placement(self, agent: AgentProc) -> dict[int, set[int]]:
+        """The agent alone on AGENT_CPU; kmsd dev (kmsd, moto) and its PostgreSQL on LOAD_CPU."""
+        postmaster = int((self.dev.data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+        others = [self.dev.proc.pid, postmaster, *children_of(postmaster)]
+        return {
+            **{tid: {LOAD_CPU} for tid in threads_of(others)},
+            **{tid: {AGENT_CPU} for tid in threads_of([agent.pid])},
+        }
+
     async def reads(self, agent: AgentProc) -> None:
         cfg = self.cfg
-        os.sched_setaffinity(agent.pid, {AGENT_CPU})
         url = f"http://agent/v1/secrets/{READ_SECRET}"
         loop = asyncio.get_running_loop()
         runs: list[dict[str, Any]] = []
-        with ProcessPoolExecutor(
-            1,
-            mp_context=mp.get_context("spawn"),
-            initializer=_agent_load.pin,
-            initargs=({LOAD_CPU},),
-        ) as pool:
-            shapes: list[tuple[Callable[..., dict[str, Any]], float]] = [
-                (_agent_load.closed, c) for c in cfg.concurrencies
-            ]
-            shapes.append((_agent_load.paced, PACED_RATE))
+        shapes: list[tuple[Callable[..., dict[str, Any]], float]] = [
+            (_agent_load.closed, c) for c in cfg.concurrencies
+        ]
+        shapes.append((_agent_load.paced, PACED_RATE))
+        with (
+            ProcessPoolExecutor(
+                1,
+                mp_context=mp.get_context("spawn"),
+                initializer=_agent_load.pin,
+                initargs=({LOAD_CPU},),
+            ) as pool,
+            pinned(self.placement(agent)),
+        ):
             for fn, arg in shapes:
                 self.deadline.left(cfg.read_s + 30)
                 cpu0 = cpu_s(agent.pid)
                 result = await loop.run_in_executor(pool, fn, agent.socket, url, arg, cfg.read_s)
+                # The agent's CPU includes the unrecorded warm-up requests: a slight over-estimate.
                 agent_cpu = cpu_s(agent.pid) - cpu0
-                # CPU includes the unrecorded warm-up requests: a slight over-estimate.
                 result["agent_cpu_us_per_req"] = round(agent_cpu / result["requests"] * 1e6, 1)
                 runs.append(result)
-        os.sched_setaffinity(agent.pid, set(range(os.cpu_count() or 1)))
-        closed = [r for r in runs if "concurrency" in r]
+        closed = runs[:-1]
         paced = runs[-1]
         good = [r for r in closed if r["p99_ms"] <= 2.0 and r["errors"] == 0]
         best = max(good or closed, key=lambda r: r["rps"])
@@ -391,7 +436,8 @@ class Bench:
             "paced": paced,
             "best": {k: best[k] for k in ("concurrency", "rps", "p50_ms", "p99_ms")},
             "target": {"p99_ms": 2.0, "rps": 3000},
-            "met": bool(good) and best["rps"] >= 3000 and paced["p99_ms"] <= 2.0,
+            "met": bool(good) and best["rps"] >= 3000,
+            "paced_met": paced["p99_ms"] <= 2.0 and paced["errors"] == 0,
         }
 
     # -- 2. propagation ----------------------------------------------------------------------
@@ -652,7 +698,14 @@ def main() -> None:
     try:
         bench = Bench(dev, cfg, deadline)
         bench.out.update(
-            {"bench": "agent", "quick": args.quick, "fd_limit": fd_limit, "cpus": os.cpu_count()}
+            {
+                "bench": "agent",
+                "quick": args.quick,
+                "fd_limit": fd_limit,
+                "cpus": os.cpu_count(),
+                # Other work on the machine shows here (the figures share its two cores).
+                "loadavg_at_start": os.getloadavg()[0],
+            }
         )
 
         async def run() -> None:
@@ -671,6 +724,7 @@ def main() -> None:
         dev.stop()
     assert bench is not None
     bench.out["elapsed_s"] = round(time.monotonic() - STARTED, 1)
+    bench.out["loadavg_at_end"] = os.getloadavg()[0]
     print(json.dumps(bench.out))
     print(summary(bench.out))
 

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 from kmsd.cli.client import Client, CliError, quote_path
 from kmsd.cli.output import Subparsers, emit, print_table, read_verb
+from kmsd.cli.rotate_verbs import add_webhook_verb
 
 
 def cmd_whoami(c: Client, args: argparse.Namespace) -> None:
@@ -99,6 +100,7 @@ def add_access_verbs(sub: Subparsers) -> None:
     p.add_argument("--role", required=True, help="the hosts' IAM role ARN (pattern)")
     p.add_argument("--cidr", action="append", help="the hosts' networks (repeatable)")
     p.set_defaults(func=cmd_app_bind)
+    add_webhook_verb(appsub)
 
 
 def cmd_audit_list(c: Client, args: argparse.Namespace) -> None:

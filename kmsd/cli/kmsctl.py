@@ -26,6 +26,7 @@ from kmsd.cli.client import (
     save_cached_token,
 )
 from kmsd.cli.output import Subparsers, emit, print_table, read_verb
+from kmsd.cli.rotate_verbs import add_rotate_verbs
 from kmsd.domain.profile import USES
 
 
@@ -390,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_datakey_verbs(sub)
     _add_sharing_verbs(sub)
     add_access_verbs(sub)
+    add_rotate_verbs(sub)
     p = sub.add_parser("iam-policy", help="least-privilege IAM policies (JSON)")
     p.add_argument("target", choices=("app", "server"))
     p.add_argument("path", nargs="?", help="for app: namespace/application[/child...]")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import re
 import secrets
 from datetime import timedelta
 from importlib import resources
@@ -69,7 +70,11 @@ async def login(request: web.Request) -> web.Response:
         request.app[POOL], who, request[CLIENT_IP], now, CONSOLE_TTL
     )
     request[PRINCIPAL] = who
-    response = web.Response(status=303, headers={"Location": "/ui/rotations"})
+    # Only a page of this console (no scheme, no host): never an open redirect.
+    target = request.query.get("next", "")
+    if not re.fullmatch(r"/ui/rotations(/\d+)?", target):
+        target = "/ui/rotations"
+    response = web.Response(status=303, headers={"Location": target})
     response.set_cookie(
         COOKIE,
         token,

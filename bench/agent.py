@@ -107,6 +107,14 @@ def proc_status(pid: int) -> dict[str, int]:
     return {k: int(found[v]) for k, v in names.items()}
 
 
+def waited(pid: int) -> tuple[float, int]:
+    """Seconds ``pid``'s main thread was runnable but not running; times it was preempted."""
+    wait_ns = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M)
+    return wait_ns / 1e9, int(match[1]) if match else -1
+
+
 def threads_of(pids: list[int]) -> list[int]:
     """Every thread of ``pids`` (affinity is per thread on Linux)."""
     out: list[int] = []
@@ -420,11 +428,15 @@ class Bench:
         ):
             for fn, arg in shapes:
                 self.deadline.left(cfg.read_s + 30)
-                cpu0 = cpu_s(agent.pid)
+                cpu0, (wait0, preempted0) = cpu_s(agent.pid), waited(agent.pid)
                 result = await loop.run_in_executor(pool, fn, agent.socket, url, arg, cfg.read_s)
-                # The agent's CPU includes the unrecorded warm-up requests: a slight over-estimate.
+                # Warm-up requests included: the CPU per request is a slight over-estimate.
                 agent_cpu = cpu_s(agent.pid) - cpu0
+                wait1, preempted1 = waited(agent.pid)
                 result["agent_cpu_us_per_req"] = round(agent_cpu / result["requests"] * 1e6, 1)
+                # The agent ready to run while CPU 0 ran something else (another process).
+                result["agent_runqueue_wait_ms"] = round((wait1 - wait0) * 1000, 1)
+                result["agent_preempted"] = preempted1 - preempted0
                 runs.append(result)
         closed = runs[:-1]
         paced = runs[-1]

@@ -33,15 +33,16 @@ def _rotation_id(request: web.Request) -> int:
 
 
 async def _secret_path(request: web.Request, rotation_id: int) -> str:
-    path = await request.app[POOL].fetchval(
-        "SELECT n.path FROM rotations r JOIN secrets s ON s.id = r.secret_id "
+    row = await request.app[POOL].fetchrow(
+        "SELECT n.path, s.name FROM rotations r JOIN secrets s ON s.id = r.secret_id "
         "JOIN nodes n ON n.id = s.node_id WHERE r.id = $1",
         rotation_id,
     )
-    if path is None:
+    if row is None:
         raise NotFound(f"rotation {rotation_id} does not exist")
-    request[AUDIT_TARGET] = f"{path} rotation {rotation_id}"
-    return str(path)
+    # The secret's ref first, so `audit list --path` finds the rotation's calls.
+    request[AUDIT_TARGET] = f"{row['path']}/{row['name']} rotation {rotation_id}"
+    return str(row["path"])
 
 
 async def start(request: web.Request) -> web.Response:

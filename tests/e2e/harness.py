@@ -377,3 +377,31 @@ class Switch:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+class Ops:
+    """An operator at a terminal: kmsctl against one kmsd."""
+
+    def __init__(self, kmsd: Replica, admin: Identity, moto_endpoint: str) -> None:
+        self.kmsd, self.admin, self.moto = kmsd, admin, moto_endpoint
+
+    def __call__(self, *args: str) -> str:
+        return run_kmsctl(self.kmsd.addr, self.admin, self.moto, *args)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--output", "json"))
+
+    def put(self, path: str, name: str, value: dict[str, Any]) -> str:
+        doc = self.json("secret", "put", path, name, "--json", json.dumps(value))
+        return str(doc["version_id"])
+
+
+def credentials_file(path: Path, who: Identity, mode: int) -> None:
+    """An SSM-agent style credentials file, replaced whole (write + rename) like a rotation."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(
+        f"[default]\naws_access_key_id = {who.access_key}\n"
+        f"aws_secret_access_key = {who.secret_key}\n"
+    )
+    tmp.chmod(mode)
+    tmp.replace(path)

@@ -26,9 +26,10 @@ from tests.e2e.harness import (
     DEADLINE_S,
     AgentProcess,
     IMDSv2,
+    Ops,
     Replica,
     Switch,
-    run_kmsctl,
+    credentials_file,
     wait_until,
 )
 
@@ -42,23 +43,6 @@ def kmsd(env: dict[str, str], tmp_path: Path) -> Iterator[Replica]:
         yield replica
     finally:
         replica.stop()
-
-
-class Ops:
-    """An operator at a terminal: kmsctl against one kmsd."""
-
-    def __init__(self, kmsd: Replica, admin: Identity, moto_endpoint: str) -> None:
-        self.kmsd, self.admin, self.moto = kmsd, admin, moto_endpoint
-
-    def __call__(self, *args: str) -> str:
-        return run_kmsctl(self.kmsd.addr, self.admin, self.moto, *args)
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--output", "json"))
-
-    def put(self, path: str, name: str, value: dict[str, Any]) -> str:
-        doc = self.json("secret", "put", path, name, "--json", json.dumps(value))
-        return str(doc["version_id"])
 
 
 @pytest.fixture
@@ -154,17 +138,6 @@ def test_imds_mode_signs_in_serves_values_and_follows_a_change(
         log = agent.stop()
     assert "first" not in log  # no value in a log line
     assert "second" not in log
-
-
-def credentials_file(path: Path, who: Identity, mode: int) -> None:
-    """An SSM-agent style credentials file, replaced whole (write + rename) like a rotation."""
-    tmp = path.with_suffix(".new")
-    tmp.write_text(
-        f"[default]\naws_access_key_id = {who.access_key}\n"
-        f"aws_secret_access_key = {who.secret_key}\n"
-    )
-    tmp.chmod(mode)
-    tmp.replace(path)
 
 
 def test_file_mode_rereads_a_rewritten_credentials_file(

@@ -70,6 +70,10 @@ FLEET_DEADLINE_S = 5.0  # the target: every agent serves a change within this
 AGENT_CPU, LOAD_CPU = 0, 1
 APP, RSS_APP = "prod/bench", "prod/rss"
 READ_SECRET, ROTATED = "s0", "rot"
+READ_URL = f"http://agent/v1/secrets/{READ_SECRET}"
+READ_ATTEMPTS = 3
+QUIET_WAIT_SHARE = 0.02  # of the run: the agent waited for CPU 0 this little
+RESERVE_S = 150.0  # no read retried once less than this is left of TOTAL_S (for the fleet)
 HOST_USER = "bench-host"
 
 
@@ -105,6 +109,12 @@ def proc_status(pid: int) -> dict[str, int]:
     found = dict(re.findall(r"^(\w+):\s+(\d+) kB", text, re.M))
     names = {"rss_kib": "VmRSS", "hwm_kib": "VmHWM", "anon_kib": "RssAnon", "file_kib": "RssFile"}
     return {k: int(found[v]) for k, v in names.items()}
+
+
+def main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid``'s main thread (kmsd dev: kmsd's event loop; moto has threads)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def waited(pid: int) -> tuple[float, int]:
@@ -408,10 +418,39 @@ class Bench:
             **{tid: {AGENT_CPU} for tid in threads_of([agent.pid])},
         }
 
+    async def _least_disturbed(
+        self, pool: ProcessPoolExecutor, agent: AgentProc, fn: Callable[..., Any], arg: float
+    ) -> dict[str, Any]:
+        """Run one load shape; again (up to READ_ATTEMPTS) while CPU 0 was busy with others.
+
+        The machine is shared: another process scheduled on CPU 0 keeps the agent waiting
+        (its run-queue wait, from /proc/PID/schedstat). The attempt with the least wait is
+        kept; every attempt's wait is reported.
+        """
+        loop = asyncio.get_running_loop()
+        attempts: list[dict[str, Any]] = []
+        for _ in range(READ_ATTEMPTS):
+            self.deadline.left(self.cfg.read_s + 30)
+            cpu0, (wait0, preempted0) = cpu_s(agent.pid), waited(agent.pid)
+            result = await loop.run_in_executor(
+                pool, fn, agent.socket, READ_URL, arg, self.cfg.read_s
+            )
+            # Warm-up requests included: the CPU per request is a slight over-estimate.
+            agent_cpu = cpu_s(agent.pid) - cpu0
+            wait1, preempted1 = waited(agent.pid)
+            result["agent_cpu_us_per_req"] = round(agent_cpu / result["requests"] * 1e6, 1)
+            result["agent_runqueue_wait_ms"] = round((wait1 - wait0) * 1000, 1)
+            result["agent_preempted"] = preempted1 - preempted0
+            attempts.append(result)
+            quiet = result["agent_runqueue_wait_ms"] <= QUIET_WAIT_SHARE * self.cfg.read_s * 1000
+            if quiet or self.deadline.end - time.monotonic() < RESERVE_S:
+                break
+        best = min(attempts, key=lambda r: r["agent_runqueue_wait_ms"])
+        best["attempts_wait_ms"] = [r["agent_runqueue_wait_ms"] for r in attempts]
+        return best
+
     async def reads(self, agent: AgentProc) -> None:
         cfg = self.cfg
-        url = f"http://agent/v1/secrets/{READ_SECRET}"
-        loop = asyncio.get_running_loop()
         runs: list[dict[str, Any]] = []
         shapes: list[tuple[Callable[..., dict[str, Any]], float]] = [
             (_agent_load.closed, c) for c in cfg.concurrencies
@@ -427,17 +466,7 @@ class Bench:
             pinned(self.placement(agent)),
         ):
             for fn, arg in shapes:
-                self.deadline.left(cfg.read_s + 30)
-                cpu0, (wait0, preempted0) = cpu_s(agent.pid), waited(agent.pid)
-                result = await loop.run_in_executor(pool, fn, agent.socket, url, arg, cfg.read_s)
-                # Warm-up requests included: the CPU per request is a slight over-estimate.
-                agent_cpu = cpu_s(agent.pid) - cpu0
-                wait1, preempted1 = waited(agent.pid)
-                result["agent_cpu_us_per_req"] = round(agent_cpu / result["requests"] * 1e6, 1)
-                # The agent ready to run while CPU 0 ran something else (another process).
-                result["agent_runqueue_wait_ms"] = round((wait1 - wait0) * 1000, 1)
-                result["agent_preempted"] = preempted1 - preempted0
-                runs.append(result)
+                runs.append(await self._least_disturbed(pool, agent, fn, arg))
         closed = runs[:-1]
         paced = runs[-1]
         good = [r for r in closed if r["p99_ms"] <= 2.0 and r["errors"] == 0]
@@ -625,14 +654,18 @@ class Bench:
         holding = sum(1 for i in (holders or [[]])[0] if i.startswith("fleet-"))
         if holding != n:
             raise RuntimeError(f"round {k}: adoption shows {holding} of {n} agents up to date")
-        cpu0 = (cpu_s(self.dev.proc.pid), fleet.cpu_s())
+        dev = self.dev.proc.pid
+        cpu0 = (cpu_s(dev), main_thread_cpu_s(dev), fleet.cpu_s())
         sent = time.monotonic_ns()
         version_id = await self.put(APP, ROTATED, value(100 + k))
         acked = time.monotonic_ns()
         replies = await fleet.all(
             "wait", version_id=version_id, deadline_s=self.deadline.left(WAIT_S)
         )
-        cpu1 = (cpu_s(self.dev.proc.pid), fleet.cpu_s())
+        cpu = [
+            round((b - a) * 1000)
+            for a, b in zip(cpu0, (cpu_s(dev), main_thread_cpu_s(dev), fleet.cpu_s()), strict=True)
+        ]
         times = [t for r in replies for t in r["times"]]
         if len(times) != n:
             raise RuntimeError(f"round {k}: {len(times)} of {n} agents served {version_id}")
@@ -649,11 +682,15 @@ class Bench:
             },
             "within_5s": sum(1 for s in served if s <= FLEET_DEADLINE_S * 1000),
             # The long poll's answer read by the agent (negative: before the PUT returned).
-            "poll_answered": {"p50_ms": ms(answered, 0.5), "max_ms": ms(answered, 1)},
+            "poll_answered": {
+                "p50_ms": ms(answered, 0.5),
+                "max_ms": ms(answered, 1),
+                "max_from_put_sent_ms": round(max(answered) + (acked - sent) / 1e6, 2),
+            },
             # Poll answered -> view published: the GetSecretValue from moto, and waiting for it.
             "answer_to_served": {"p50_ms": ms(fetch, 0.5), "max_ms": ms(fetch, 1)},
-            "kmsd_and_moto_cpu_ms": round((cpu1[0] - cpu0[0]) * 1000),
-            "fleet_workers_cpu_ms": round((cpu1[1] - cpu0[1]) * 1000),
+            # kmsd dev's main thread is kmsd's event loop; its other threads are moto's server.
+            "cpu_ms": {"kmsd": cpu[1], "moto": cpu[0] - cpu[1], "fleet_workers": cpu[2]},
         }
 
 

@@ -31,7 +31,7 @@ from kmsd.http.access import authorize, caller_ip
 from kmsd.http.audit import audit_now
 from kmsd.http.common import CLIENT_IP, PRINCIPAL, json_response, principal
 from kmsd.http.rotations import _rotation_id, _secret_path
-from kmsd.keys import BINDINGS, CLOCK, POOL, ROTATIONS, SETTINGS
+from kmsd.keys import BINDINGS, CLOCK, HUB, POOL, ROTATIONS, SETTINGS
 
 COOKIE = "kmsd_console"
 LINK_TTL = timedelta(minutes=2)
@@ -172,6 +172,8 @@ async def rotation_events(request: web.Request) -> web.StreamResponse:
         if doc["phase"] in ("done", "aborted", "rolled_back") and not doc["labels_pending"]:
             break
         await asyncio.sleep(EVENT_INTERVAL_S)
+        if request.app[HUB].closing:
+            break  # shutting down: the browser's EventSource reconnects to another replica
     await response.write_eof()
     return response
 

@@ -265,6 +265,11 @@ class Hub:
     def _retry_after(self) -> int:
         return self._rng.randint(*RETRY_AFTER_RANGE)
 
+    @property
+    def closing(self) -> bool:
+        """True once shutdown began: long-lived answers (server-sent events) end too."""
+        return self._closing
+
     def close(self) -> int:
         """Refuse new polls and answer every held one with ShuttingDown; return how many."""
         self._closing = True

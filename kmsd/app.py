@@ -157,6 +157,8 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         sm_prefix=settings.sm_prefix,
         stale_after=timedelta(seconds=STALE_AFTER_HOLDS * settings.watch_max_hold_s),
         http=app[HTTP],
+        audit=app[AUDIT],
+        replica=settings.replica_id,
     )
     app[ROTATIONS] = rotations
     scheduler = Scheduler(

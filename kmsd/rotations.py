@@ -18,6 +18,7 @@ its answers:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,11 +34,13 @@ from kmsd.aws.sm import SecretsWriter
 from kmsd.clock import Clock
 from kmsd.db import Conn, store
 from kmsd.db import rotations as rotations_db
+from kmsd.db.audit import AuditUnavailable, AuditWriter
 from kmsd.db.changes import record_secret_change
 from kmsd.domain import rotation as machine
+from kmsd.domain.audit import AuditEntry
 from kmsd.domain.names import NodePath
 from kmsd.domain.profile import Profile
-from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound
+from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
 from kmsd.hub.hub import Hub
 from kmsd.keygen import generate
 
@@ -121,6 +124,8 @@ class Rotations:
         sm_prefix: str,
         stale_after: timedelta,
         http: aiohttp.ClientSession | None = None,
+        audit: AuditWriter | None = None,
+        replica: str = "",
     ) -> None:
         self.pool = pool
         self.sm = sm
@@ -130,6 +135,8 @@ class Rotations:
         self.sm_prefix = sm_prefix
         self.stale_after = stale_after
         self.http = http
+        self.audit = audit
+        self.replica = replica
         self.ticks = 0
 
     # -- start -----------------------------------------------------------------------------
@@ -228,8 +235,13 @@ class Rotations:
         actor: str,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        """Apply ``transition`` if the rotation is still as ``expected``; then SM's labels."""
+        """Apply ``transition`` if the rotation is still as ``expected``; then SM's labels.
+
+        The transition is in the audit trail before it happens (fail closed: no row, no step),
+        whoever takes it: an operator's command or the driver.
+        """
         new = transition.rotation
+        await self._audit(expected, transition, actor)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(rotations_db.BY_ID_FOR_UPDATE, expected.id)
             if row is None:
@@ -272,6 +284,33 @@ class Rotations:
         )
         if transition.moves_versions:
             await self.sync_labels(expected.id)
+
+    async def _audit(
+        self, rot: machine.Rotation, transition: machine.Transition, actor: str
+    ) -> None:
+        if self.audit is None:
+            return
+        row = await self._row(rot.id)
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        try:
+            await self.audit.write(
+                AuditEntry(
+                    at=self.clock.now(),
+                    request_id=str(request_id or f"rotation-{rot.id}-{uuid.uuid4().hex[:12]}"),
+                    replica=self.replica,
+                    principal=actor,
+                    claimed="",
+                    source_ip="",
+                    action=f"rotation.{transition.action}",
+                    target=f"{row['path']}/{row['name']} rotation {rot.id}",
+                    outcome="forced" if transition.forced else "allowed",
+                    status=200,
+                )
+            )
+        except AuditUnavailable:
+            raise Unavailable(
+                "the audit trail cannot be written, so the rotation does not move (fail closed)"
+            ) from None
 
     async def _set_stages(
         self, conn: Conn, row: asyncpg.Record, transition: machine.Transition

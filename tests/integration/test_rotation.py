@@ -161,7 +161,7 @@ async def test_rollback_after_promotion(api: Api, sm_client: Any) -> None:
 
 
 async def test_the_driver_advances_an_auto_rotation_when_each_gate_is_met(
-    api: Api, client: App
+    api: Api, client: App, db: asyncpg.Connection
 ) -> None:
     old = await setup_shared(api)
     rot = await start(api, mode="auto")
@@ -181,6 +181,15 @@ async def test_the_driver_advances_an_auto_rotation_when_each_gate_is_met(
         ("promote", "kmsd", False),
         ("revoke", "kmsd", False),
     ]
+    audited = await db.fetch(
+        "SELECT action, principal, outcome, target FROM audit_log"
+        " WHERE action LIKE 'rotation.%' AND principal = 'kmsd' ORDER BY seq"
+    )
+    assert [(r["action"], r["outcome"]) for r in audited] == [
+        ("rotation.promote", "allowed"),
+        ("rotation.revoke", "allowed"),
+    ]
+    assert audited[0]["target"] == f"{OWNER}/db rotation {rot['id']}"
 
 
 async def test_paused_rotations_wait_and_stale_instances_are_listed_not_counted(

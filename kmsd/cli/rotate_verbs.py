@@ -38,6 +38,9 @@ def cmd_rotate_start(c: Client, args: argparse.Namespace) -> None:
     if args.leaked:
         body["leaked"] = True
     doc = c.call("POST", "/v1/rotations", body)
+    if args.follow:
+        _follow(c, doc["id"], live=sys.stdout.isatty())
+        return
     emit(args, doc, render_status)
 
 
@@ -55,15 +58,25 @@ def cmd_rotate_status(c: Client, args: argparse.Namespace) -> None:
         doc = c.call("GET", "/v1/rotations?active=true")
         emit(args, doc, _print_list)
         return
+    if args.follow and args.output != "json":
+        _follow(c, args.id, live=sys.stdout.isatty())
+        return
+    emit(args, c.call("GET", f"/v1/rotations/{args.id}"), render_status)
+
+
+def _follow(c: Client, rotation_id: int, *, live: bool) -> None:
+    """Redraw the status every second until the rotation is over (in place on a terminal;
+    elsewhere one block per change)."""
+    last = None
     while True:
-        doc = c.call("GET", f"/v1/rotations/{args.id}")
-        if not args.follow or args.output == "json":
-            emit(args, doc, render_status)
-            return
-        # Live: redraw in place until the rotation is over.
-        sys.stdout.write("\x1b[H\x1b[2J")
-        render_status(doc)
-        sys.stdout.flush()
+        doc = c.call("GET", f"/v1/rotations/{rotation_id}")
+        shown = {k: v for k, v in doc.items() if k not in ("phase_since",)}
+        if shown != last:
+            if live:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            render_status(doc)
+            sys.stdout.flush()
+            last = shown
         if doc["phase"] in ("done", "aborted", "rolled_back"):
             return
         time.sleep(FOLLOW_INTERVAL_S)
@@ -169,6 +182,7 @@ def add_rotate_verbs(sub: Subparsers) -> None:
     p.add_argument("--mode", choices=("auto", "manual"), help="default manual (leaked: auto)")
     p.add_argument("--gate-timeout", help="e.g. 15m, 2h (default 1h; leaked: 5m)")
     p.add_argument("--leaked", action="store_true", help="auto mode, short gate timeout")
+    p.add_argument("--follow", action="store_true", help="then show progress until it ends")
     p.set_defaults(func=cmd_rotate_start)
     for verb, text in (
         ("advance", "take the next step (promote, then revoke)"),

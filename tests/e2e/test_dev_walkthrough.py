@@ -131,7 +131,9 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
     assert not postgres_running(workdir), "Ctrl-C must stop the embedded PostgreSQL too"
     # The agent served the value, then the new one after the put, with no value in its log.
     reads = [json.loads(line) for line in agent_out.splitlines() if line.startswith('{"name"')]
-    assert [r["value"]["password"] for r in reads] == ["region-level", "rotated"], agent_out
+    passwords = [r["value"]["password"] for r in reads]
+    assert passwords == ["region-level", "rotated", "rotated-safely"], agent_out
+    assert "DONE" in agent_out  # kmsctl rotate start --follow saw the rotation through
     assert "rotated" not in (workdir / ".kmsd-dev" / "agent.log").read_text()
     assert (workdir / ".kmsd-dev" / "host-credentials").stat().st_mode & 0o777 == 0o600
     # kmsctl login cached the session token for the later commands, readable by us only.

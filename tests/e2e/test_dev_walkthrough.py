@@ -177,7 +177,7 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
         value = sm.get_secret_value(
             SecretId=db["sm_arn"], VersionId=db["versions"][0]["version_id"]
         )
-        assert json.loads(value["SecretString"])["password"] == "rotated"  # the agent step put it
+        assert json.loads(value["SecretString"])["password"] == "rotated-safely"  # the rotation
     finally:
         assert dev.stop() == 0
     assert "Traceback" not in "".join(dev.output)

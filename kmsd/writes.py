@@ -252,7 +252,15 @@ async def _record(
 async def _record_pending(
     conn: Conn, intent: dict[str, Any], secret_id: int, version_id: str
 ) -> None:
-    """A rotation's new version: stage pending, and the rotation row that will drive it."""
+    """A rotation's new version: stage pending, and the rotation row that will drive it.
+
+    Returns quietly when another rotation is already under way: only a reconciled intent of a
+    start that crashed can meet one (starts are serialised by the secret's lock), and that
+    rotation has moved AWSPENDING to its own version since.
+    """
+    if await conn.fetchval(rotations_db.ACTIVE_FOR_SECRET, secret_id):
+        log.warning("pending_version_dropped", secret_id=secret_id, version_id=version_id)
+        return
     old = await conn.fetchval(
         "SELECT version_id FROM secret_versions WHERE secret_id = $1 AND stage = 'current'",
         secret_id,

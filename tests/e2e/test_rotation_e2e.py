@@ -116,6 +116,17 @@ def fleet(
             )
         for agent in fleet.agents:
             agent.wait_ready()
+
+        def reported() -> set[str]:
+            return {
+                i["instance_id"]
+                for path in (OWNER, REFERENCER)
+                for i in ops.json("adoption", path)["instances"]
+            }
+
+        # kmsd knows an instance from its first poll's report: wait until all five are known.
+        names = {a.log.parent.name for a in fleet.agents}
+        wait_until(lambda: reported() == names, "every agent's first report")
         yield fleet
     finally:
         for agent in fleet.agents:

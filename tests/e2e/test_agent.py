@@ -205,24 +205,39 @@ def test_web_identity_mode_exchanges_the_token_file_for_role_credentials(
         agent.stop()
 
 
+def vm_agent(
+    kmsd: Replica,
+    ops: Ops,
+    host: Identity,
+    moto_endpoint: str,
+    workdir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> AgentProcess:
+    """prod/shop with db = first, bound to ``host``, and an agent with its credentials file."""
+    ops("node", "create", "prod/shop", "--parents")
+    ops.put("prod/shop", "db", {"password": "first"})
+    ops("app", "bind", "prod/shop", "--role", host.arn)
+    workdir.mkdir(parents=True, exist_ok=True)
+    creds = workdir / "credentials"
+    credentials_file(creds, host, 0o600)
+    return AgentProcess(
+        kmsd_addr=kmsd.addr,
+        moto_endpoint=moto_endpoint,
+        paths=["prod/shop"],
+        workdir=workdir,
+        args=["--credentials", "file", "--credentials-file", str(creds), *args],
+        env=env,
+    )
+
+
 @pytest.fixture
 def user_agent(
     kmsd: Replica, ops: Ops, moto_endpoint: str, make_user: Any, tmp_path: Path
 ) -> Iterator[tuple[AgentProcess, Identity]]:
     """An agent on a VM (credentials file of a host user bound to prod/shop)."""
     host: Identity = make_user(f"vm-{tmp_path.name[-12:]}")
-    ops("node", "create", "prod/shop", "--parents")
-    ops.put("prod/shop", "db", {"password": "first"})
-    ops("app", "bind", "prod/shop", "--role", host.arn)
-    creds = tmp_path / "credentials"
-    credentials_file(creds, host, 0o600)
-    agent = AgentProcess(
-        kmsd_addr=kmsd.addr,
-        moto_endpoint=moto_endpoint,
-        paths=["prod/shop"],
-        workdir=tmp_path,
-        args=["--credentials", "file", "--credentials-file", str(creds), "--instance-id", "vm-1"],
-    )
+    agent = vm_agent(kmsd, ops, host, moto_endpoint, tmp_path, "--instance-id", "vm-1")
     try:
         yield agent.wait_ready(), host
     finally:
@@ -315,23 +330,15 @@ def test_a_reader_hammering_the_socket_never_sees_a_mixed_set(
 def test_local_fences_token_on_localhost_and_the_socket_mode(
     kmsd: Replica, ops: Ops, moto_endpoint: str, make_user: Any, tmp_path: Path
 ) -> None:
-    host: Identity = make_user("vm-fenced")
-    ops("node", "create", "prod/shop", "--parents")
-    ops.put("prod/shop", "db", {"password": "first"})
-    ops("app", "bind", "prod/shop", "--role", host.arn)
-    creds = tmp_path / "credentials"
-    credentials_file(creds, host, 0o600)
     port = free_port()
     token_file = tmp_path / "run" / "token"
-    agent = AgentProcess(
-        kmsd_addr=kmsd.addr,
-        moto_endpoint=moto_endpoint,
-        paths=["prod/shop"],
-        workdir=tmp_path,
-        args=[
-            *("--credentials", "file", "--credentials-file", str(creds)),
-            *("--listen-port", str(port), "--token-file", str(token_file)),
-        ],
+    agent = vm_agent(
+        kmsd,
+        ops,
+        make_user("vm-fenced"),
+        moto_endpoint,
+        tmp_path,
+        *("--listen-port", str(port), "--token-file", str(token_file)),
     ).wait_ready()
     try:
         assert stat.S_IMODE(os.stat(agent.socket).st_mode) == 0o660
@@ -400,19 +407,13 @@ def test_a_path_the_host_is_not_bound_to_is_refused_and_reported(
 def test_with_aws_away_the_last_good_values_stay_served(
     kmsd: Replica, ops: Ops, moto_endpoint: str, make_user: Any, tmp_path: Path
 ) -> None:
-    host: Identity = make_user("vm-cut-off")
-    ops("node", "create", "prod/shop", "--parents")
-    ops.put("prod/shop", "db", {"password": "first"})
-    ops("app", "bind", "prod/shop", "--role", host.arn)
-    creds = tmp_path / "credentials"
-    credentials_file(creds, host, 0o600)
     secrets_manager = Switch(moto_endpoint)  # the agent's only way to Secrets Manager
-    agent = AgentProcess(
-        kmsd_addr=kmsd.addr,
-        moto_endpoint=moto_endpoint,
-        paths=["prod/shop"],
-        workdir=tmp_path,
-        args=["--credentials", "file", "--credentials-file", str(creds)],
+    agent = vm_agent(
+        kmsd,
+        ops,
+        make_user("vm-cut-off"),
+        moto_endpoint,
+        tmp_path,
         env={"AWS_ENDPOINT_URL_SECRETS_MANAGER": secrets_manager.endpoint},
     ).wait_ready()
     try:
@@ -442,21 +443,15 @@ def test_the_agent_signs_in_again_before_its_session_expires(
 ) -> None:
     short = Replica({**env, "KMSD_TOKEN_TTL": "5"}, tmp_path)  # sessions of five seconds
     ops = Ops(short, admin, moto_endpoint)
-    host: Identity = make_user("vm-short-session")
-    ops("node", "create", "prod/shop", "--parents")
-    ops.put("prod/shop", "db", {"password": "first"})
-    ops("app", "bind", "prod/shop", "--role", host.arn)
-    creds = tmp_path / "credentials"
-    credentials_file(creds, host, 0o600)
-    agent = AgentProcess(
-        kmsd_addr=short.addr,
-        moto_endpoint=moto_endpoint,
-        paths=["prod/shop"],
-        workdir=tmp_path / "agent",
-        args=[
-            *("--credentials", "file", "--credentials-file", str(creds)),
-            *("--poll-timeout", "1"),  # polls end often, so expiry is met between them
-        ],
+    # Polls end every second, so the session's expiry is met between them.
+    agent = vm_agent(
+        short,
+        ops,
+        make_user("vm-short-session"),
+        moto_endpoint,
+        tmp_path / "agent",
+        "--poll-timeout",
+        "1",
     )
     try:
         agent.wait_ready()

@@ -44,6 +44,7 @@ class Reader:
         self._sm: Any = None
         self._kms: Any = None
         self._limit = asyncio.Semaphore(CONCURRENCY)
+        self._kms_lock = asyncio.Lock()
         self.calls = 0
 
     async def __aenter__(self) -> Reader:
@@ -52,10 +53,18 @@ class Reader:
                 "secretsmanager", region_name=self._region, config=CLIENT_CONFIG
             )
         )
-        self._kms = await self._stack.enter_async_context(
-            self._session.create_client("kms", region_name=self._region, config=CLIENT_CONFIG)
-        )
         return self
+
+    async def _kms_client(self) -> Any:
+        """KMS on first use: most applications have no data keys (and its model costs 3 MiB)."""
+        async with self._kms_lock:
+            if self._kms is None:
+                self._kms = await self._stack.enter_async_context(
+                    self._session.create_client(
+                        "kms", region_name=self._region, config=CLIENT_CONFIG
+                    )
+                )
+        return self._kms
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -65,7 +74,8 @@ class Reader:
             self.calls += 1
             try:
                 if fetch.service == "kms":
-                    answer = await self._kms.decrypt(
+                    kms = await self._kms_client()
+                    answer = await kms.decrypt(
                         CiphertextBlob=fetch.ciphertext,
                         KeyId=fetch.cmk_arn,
                         EncryptionContext=dict(fetch.context),

@@ -112,9 +112,11 @@ def fetches(doc: Mapping[str, Any]) -> list[Fetch]:
         name = _str(entry, "name")
         for v in entry.get("versions") or ():
             stage = _str(v, "stage")
-            if stage not in STAGE_LABELS:
-                raise BadDocument(f"effective set: {name!r} offers unknown stage {stage!r}")
             version_id = _str(v, "version_id")
+            if entry.get("kind") != "datakey" and stage not in STAGE_LABELS:
+                # SM reads name a staging label; data keys keep every old period's key
+                # (deprecated) for old data, and KMS needs no label.
+                raise BadDocument(f"effective set: {name!r} offers unknown stage {stage!r}")
             if entry.get("kind") == "datakey":
                 cmk = _str(entry, "cmk_arn")
                 context = entry.get("encryption_context") or {}

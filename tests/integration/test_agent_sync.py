@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import asyncpg
+import boto3
 import pytest
 from aiobotocore.session import AioSession
 from aiohttp import web
@@ -156,3 +158,28 @@ async def test_a_new_version_is_fetched_once_and_old_values_are_dropped(
         await eventually(lambda: served(agent, "prod/shop")() == {"db": third})
         assert agent.reader.calls == 3
         assert {vid for _, vid in agent.values} == {second, third}  # the first is gone
+
+
+async def test_data_keys_are_decrypted_with_their_context_every_period_newest_first(
+    api: Api, client: App, reader: Identity, moto_endpoint: str
+) -> None:
+    kms = boto3.client("kms", endpoint_url=moto_endpoint, region_name=REGION)
+    cmk = kms.create_key(Description="shop files")["KeyMetadata"]["Arn"]
+    await shop(api, reader)
+    await api.ok("POST", "/v1/datakeys/prod/shop/files", json={"cmk": cmk})
+    await api.ok("POST", "/v1/datakeys/prod/shop/files", json={"cmk": cmk})  # next period
+    doc = next(s for s in (await api.effective("prod/shop"))["secrets"] if s["name"] == "files")
+    async with running_agent(client, reader, moto_endpoint, ["prod/shop"]) as agent:
+        await eventually(lambda: "files" in served(agent, "prod/shop")())
+        view = agent.paths["prod/shop"].view
+        assert view is not None
+        keys = view.secrets["files"].versions
+        assert [k.version_id for k in keys] == [v["version_id"] for v in doc["versions"]]
+        for key, meta in zip(keys, doc["versions"], strict=True):
+            expected = kms.decrypt(
+                CiphertextBlob=base64.b64decode(meta["ciphertext_blob"]),
+                EncryptionContext=doc["encryption_context"],
+            )["Plaintext"]
+            assert key.value == expected
+            assert len(key.value) == 32
+        assert view.held()["files"] == keys[0].version_id  # the newest key is the one in use

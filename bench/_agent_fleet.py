@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -122,7 +123,7 @@ class Fleet:
             self.served.setdefault(current.version_id, {}).setdefault(agent.index, (answered, now))
         self.changed.set()
 
-    async def until(self, check: Any, deadline_s: float) -> bool:
+    async def until(self, check: Callable[[], bool], deadline_s: float) -> bool:
         deadline = time.monotonic() + deadline_s
         while not check():
             self.changed.clear()
@@ -181,13 +182,20 @@ class Fleet:
             self.agents.append(_Agent([path], config, kmsd, reader, fleet=self, index=i))
         started = time.monotonic()
         deadline = started + deadline_s
-        for i, agent in enumerate(self.agents):
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        def room() -> bool:
             # At most ``starting`` agents signing in and syncing at once, like a fleet that
             # does not all boot in the same millisecond.
-            if not await self.until(lambda n=i: self.synced() >= n - starting + 1, deadline_s):
+            return len(self.tasks) - self.synced() < starting
+
+        for i, agent in enumerate(self.agents):
+            if not await self.until(room, left()):
                 break
             self.tasks.append(asyncio.create_task(agent.run(), name=f"agent {i}"))
-        await self.until(lambda: self.synced() == count, max(0.0, deadline - time.monotonic()))
+        await self.until(lambda: self.synced() == count, left())
         return {"synced": self.synced(), "start_s": round(time.monotonic() - started, 2)}
 
     async def cmd_status(self) -> dict[str, Any]:

@@ -2,13 +2,15 @@
 
 Run by ``agent.py`` as ``python _agent_rss.py`` (AWS_ENDPOINT_URL set; no call is made). Prints
 one JSON object: VmRSS, RssAnon and RssFile (KiB) of this process after the interpreter
-started, after importing what ``kmsagent run`` imports, and after opening each of the two
-clients ``kmsagent.aws.Reader`` opens (Secrets Manager, then KMS).
+started, after importing what ``kmsagent run`` imports, after opening a
+``kmsagent.aws.Reader`` (the clients it opens at start), after the KMS client a first data
+key would add, and after glibc's ``malloc_trim(0)`` (heap freed but not yet given back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import re
 from pathlib import Path
@@ -27,18 +29,18 @@ def status() -> dict[str, int]:
 async def clients(steps: dict[str, Any]) -> None:
     from aiobotocore.session import AioSession
 
-    from kmsagent.aws import CLIENT_CONFIG
+    from kmsagent.aws import CLIENT_CONFIG, Reader
 
     session = AioSession()
-    keys = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
-    async with session.create_client(
-        "secretsmanager", region_name="us-east-1", config=CLIENT_CONFIG, **keys
-    ):
-        steps["secretsmanager_client"] = status()
+    async with Reader(session, "us-east-1"):
+        steps["reader"] = status()
+        keys = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
         async with session.create_client(
             "kms", region_name="us-east-1", config=CLIENT_CONFIG, **keys
         ):
             steps["kms_client"] = status()
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            steps["malloc_trim"] = status()
 
 
 def main() -> None:

@@ -85,8 +85,16 @@ class PathView:
     secrets: Mapping[str, Secret]
 
     def holding(self) -> dict[str, list[str]]:
-        """Every version of each secret this instance can serve (pending and previous too)."""
-        return {name: [v.version_id for v in s.versions] for name, s in self.secrets.items()}
+        """Every version of each SM secret this instance can serve (pending and previous too).
+
+        Data keys are left out: every old period's key stays listed, so the list only grows,
+        and rotations (the reason for this report) never apply to them.
+        """
+        return {
+            name: [v.version_id for v in s.versions]
+            for name, s in self.secrets.items()
+            if s.kind != "datakey"
+        }
 
     def held(self) -> dict[str, str]:
         """What this instance holds, as kmsd's adoption report wants it: name -> current id."""

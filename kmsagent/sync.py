@@ -45,7 +45,8 @@ _rng = random.Random()  # noqa: S311 - jitter, not a secret
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 15.0
 REFUSED_RETRY_S = 30.0  # a missing binding is fixed by a person: no need to hurry
-REPORT_DEBOUNCE_S = 1.0  # re-poll at most this often to report new process reads
+REPORT_DEBOUNCE_S = 1.0
+MAX_REPORTED_PROCESSES = 256  # re-poll at most this often to report new process reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,5 +240,8 @@ class Agent:
             "instance_id": self.config.instance_id,
             "held": view.held() if view else {},
             "versions": view.holding() if view else {},
-            "processes": self.reads.report(state.path, self.clock()),
+            # The most recently seen processes, few enough to keep the report small.
+            "processes": dict(
+                list(self.reads.report(state.path, self.clock()).items())[-MAX_REPORTED_PROCESSES:]
+            ),
         }

@@ -159,6 +159,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         http=app[HTTP],
         audit=app[AUDIT],
         replica=settings.replica_id,
+        webhook_allowed=settings.webhook_allowed_cidrs,
     )
     app[ROTATIONS] = rotations
     scheduler = Scheduler(

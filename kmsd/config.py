@@ -53,6 +53,9 @@ class Settings:
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     trusted_proxies: tuple[IpNetwork, ...] = ()
     allowed_cidrs: tuple[IpNetwork, ...] = ()
+    # Webhooks never go to loopback or link-local addresses (kmsd itself, instance metadata)
+    # unless they are inside these CIDRs.
+    webhook_allowed_cidrs: tuple[IpNetwork, ...] = ()
     bind_token_ip: bool = True
     security_profile: str | None = None  # path of a TOML profile; None: the shipped default
     rotation_lead_days: int = 14
@@ -107,6 +110,9 @@ class Settings:
             replica_id=env.get("KMSD_REPLICA_ID") or f"{socket.gethostname()}:{os.getpid()}",
             trusted_proxies=_cidrs(env.get("KMSD_TRUSTED_PROXIES", ""), "KMSD_TRUSTED_PROXIES"),
             allowed_cidrs=_cidrs(env.get("KMSD_ALLOWED_CIDRS", ""), "KMSD_ALLOWED_CIDRS"),
+            webhook_allowed_cidrs=_cidrs(
+                env.get("KMSD_WEBHOOK_ALLOWED_CIDRS", ""), "KMSD_WEBHOOK_ALLOWED_CIDRS"
+            ),
             bind_token_ip=_bool(env.get("KMSD_BIND_TOKEN_IP", "true"), "KMSD_BIND_TOKEN_IP"),
             security_profile=env.get("KMSD_SECURITY_PROFILE") or None,
             rotation_lead_days=_int(

@@ -37,6 +37,7 @@ from kmsd.db import rotations as rotations_db
 from kmsd.db.audit import AuditUnavailable, AuditWriter
 from kmsd.db.changes import record_secret_change
 from kmsd.domain import rotation as machine
+from kmsd.domain.access import IpNetwork
 from kmsd.domain.audit import AuditEntry
 from kmsd.domain.names import NodePath
 from kmsd.domain.profile import Profile
@@ -63,14 +64,18 @@ _SECRET_META = """
 UPDATE secrets SET expires_at = $2, spec = $3::jsonb, public_key = $4, updated_at = now()
 WHERE id = $1
 """
+_XACT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 _UPDATE_ROTATION = """
 UPDATE rotations SET phase = $2, paused = $3, phase_since = $4,
-       labels_pending = labels_pending OR $5, timed_out = false,
+       labels_pending = labels_pending OR $5, timed_out = timed_out AND NOT $6,
        finished_at = CASE WHEN $2 IN ('done', 'aborted', 'rolled_back') THEN $4::timestamptz END
 WHERE id = $1
 """
 _LABELS_DONE = "UPDATE rotations SET labels_pending = false WHERE id = $1"
-_TIMED_OUT = "UPDATE rotations SET timed_out = true WHERE id = $1 AND NOT timed_out"
+_TIMED_OUT = """
+UPDATE rotations SET timed_out = true
+WHERE id = $1 AND NOT timed_out AND phase = $2 AND phase_since = $3
+"""
 # The patterns come from store.below_pattern (backslash escapes: LIKE's default).
 _ADOPTION_UNDER = """
 SELECT path, instance_id, ip, held::text AS held, versions::text AS versions,
@@ -80,6 +85,24 @@ FROM adoption WHERE path = ANY($1::text[]) OR path LIKE ANY($2::text[])
 _REFERENCING_NODES = (
     "SELECT n.path FROM refs r JOIN nodes n ON n.id = r.node_id WHERE r.secret_id = $1"
 )
+
+
+async def _check_rollback(conn: Conn, row: asyncpg.Record) -> None:
+    """A rollback restores the old version only over the rotation's own new one."""
+    stages = {
+        r["version_id"]: r["stage"]
+        for r in await conn.fetch(rotations_db.VERSIONS, row["secret_id"])
+    }
+    other = await conn.fetchval(rotations_db.ACTIVE_FOR_SECRET, row["secret_id"])
+    if (
+        (other is not None and other != row["id"])
+        or stages.get(row["new_version"]) != "current"
+        or stages.get(row["old_version"]) not in ("previous", "revoked")
+    ):
+        raise Conflict(
+            f"rotation {row['id']} can no longer be rolled back: the secret has changed since "
+            "(a newer version or another rotation); start a new rotation to go back"
+        )
 
 
 def rotation_of(row: asyncpg.Record) -> machine.Rotation:
@@ -126,6 +149,7 @@ class Rotations:
         http: aiohttp.ClientSession | None = None,
         audit: AuditWriter | None = None,
         replica: str = "",
+        webhook_allowed: Sequence[IpNetwork] = (),
     ) -> None:
         self.pool = pool
         self.sm = sm
@@ -137,6 +161,7 @@ class Rotations:
         self.http = http
         self.audit = audit
         self.replica = replica
+        self.webhook_allowed = webhook_allowed
         self.ticks = 0
 
     # -- start -----------------------------------------------------------------------------
@@ -168,6 +193,12 @@ class Rotations:
             public_key=public_key,
             stage="pending",
             rotation={
+                # A reconciled start is recorded only if the secret has not moved on since.
+                "expected_current": await self.pool.fetchval(
+                    "SELECT version_id FROM secret_versions WHERE secret_id = $1"
+                    " AND stage = 'current'",
+                    secret["id"],
+                ),
                 "mode": req.mode,
                 "leaked": req.leaked,
                 "gate_timeout_s": int(req.gate_timeout.total_seconds()),
@@ -179,6 +210,11 @@ class Rotations:
         rotation_id = await self.pool.fetchval(
             "SELECT id FROM rotations WHERE new_version = $1", result["version_id"]
         )
+        if rotation_id is None:
+            raise Conflict(
+                f"{req.name!r} changed while the rotation started (deleted, or rotated by "
+                "someone else); look again"
+            )
         log.info(
             "rotation_started",
             rotation_id=rotation_id,
@@ -251,6 +287,11 @@ class Rotations:
                     f"rotation {expected.id} changed meanwhile (now {row['phase']}"
                     f"{', paused' if row['paused'] else ''}); look again and retry"
                 )
+            if transition.moves_versions:
+                # Serialised with puts and label syncs of this secret (the same lock key).
+                await conn.execute(_XACT_LOCK, row["sm_name"])
+                if transition.action == "rollback":
+                    await _check_rollback(conn, row)
             await self._set_stages(conn, row, transition)
             await conn.execute(
                 _UPDATE_ROTATION,
@@ -259,6 +300,7 @@ class Rotations:
                 new.paused,
                 new.phase_since,
                 transition.moves_versions,
+                transition.action != "pause",  # a pause does not restart the gate's clock
             )
             await rotations_db.record_event(
                 conn,
@@ -344,10 +386,9 @@ class Rotations:
         """Bring SM's staging labels in line with the recorded stages; True when they are."""
         row = await self._row(rotation_id)
         async with self.pool.acquire() as conn:
-            # Serialised with writes to the same secret (the same advisory lock).
-            sm_name = await conn.fetchval(
-                "SELECT sm_name FROM secrets WHERE id = $1", row["secret_id"]
-            )
+            # Serialised with writes and transitions of the same secret (one advisory lock key):
+            # no transition can commit between reading the stages and clearing labels_pending.
+            sm_name = row["sm_name"]
             await conn.execute(writes.LOCK, sm_name)
             try:
                 stages = {
@@ -445,8 +486,14 @@ class Rotations:
                 continue  # an operator acted meanwhile: next tick sees the new state
             except KmsError as exc:
                 log.warning("rotation_drive_failed", rotation_id=row["id"], error=exc.detail)
+            except (asyncpg.PostgresError, OSError, ValueError, KeyError) as exc:
+                # One broken rotation must not stop the others (nor the webhooks below).
+                log.error("rotation_drive_error", rotation_id=row["id"], error=repr(exc))
         if self.http is not None:
-            await webhooks.deliver_due(self.pool, self.http)
+            try:
+                await webhooks.deliver_due(self.pool, self.http, self.webhook_allowed)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.error("webhook_delivery_error", error=repr(exc))
         self.ticks += 1
         return moved
 
@@ -460,7 +507,9 @@ class Rotations:
         gate = await self.gate(row, rot)
         if rot.timed_out(now) and not row["timed_out"]:
             async with self.pool.acquire() as conn, conn.transaction():
-                if await conn.fetchval(_TIMED_OUT + " RETURNING id", row["id"]):
+                if await conn.fetchval(
+                    _TIMED_OUT + " RETURNING id", row["id"], row["phase"], row["phase_since"]
+                ):
                     await rotations_db.record_event(
                         conn,
                         row,

@@ -15,13 +15,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import structlog
+
+from kmsd.domain.access import IpNetwork, ip_in
+from kmsd.errors import InvalidInput
 
 log = structlog.get_logger(__name__)
 
@@ -29,12 +35,15 @@ TIMEOUT_S = 10.0
 MAX_BACKOFF_S = 300.0
 _rng = random.Random()  # noqa: S311 - jitter, not a secret
 
+# A delivery refused this many times (about a day of retries) is given up: it stays in the
+# table with its last error, and the application's later events go on.
+MAX_ATTEMPTS = 300
 HEADS = """
 SELECT * FROM (
     SELECT DISTINCT ON (d.app_path) d.id, d.app_path, d.payload::text AS payload, d.attempts,
            d.next_at, w.url, w.hmac_key
     FROM webhook_deliveries d JOIN webhooks w ON w.app_path = d.app_path
-    WHERE d.delivered_at IS NULL
+    WHERE d.delivered_at IS NULL AND d.attempts < $1
     ORDER BY d.app_path, d.id
 ) head WHERE head.next_at <= now()
 """
@@ -48,20 +57,42 @@ WHERE id = $1
 """
 
 
+async def check_destination(url: str, allowed: Sequence[IpNetwork]) -> None:
+    """Refuse a URL whose host resolves to loopback, link-local, multicast or an unspecified
+    address (kmsd itself, the instance metadata service...) unless ``allowed`` covers it."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError:
+        raise InvalidInput(f"webhook host {host!r} does not resolve") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0])
+        internal = ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
+        if internal and not ip_in(ip, allowed):
+            raise InvalidInput(
+                f"webhook host {host!r} is {ip}, an internal address; allow it with "
+                "KMSD_WEBHOOK_ALLOWED_CIDRS if that is really meant"
+            )
+
+
 def sign(key: str, timestamp: str, body: bytes) -> str:
     """The ``X-Kmsd-Signature`` value for ``body`` sent at ``timestamp``."""
     mac = hmac.new(key.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
 
-async def deliver_due(pool: asyncpg.Pool, http: aiohttp.ClientSession) -> int:
+async def deliver_due(
+    pool: asyncpg.Pool, http: aiohttp.ClientSession, allowed: Sequence[IpNetwork] = ()
+) -> int:
     """Send the head delivery of every application that has one due; return how many landed."""
-    heads = await pool.fetch(HEADS)
-    results = await asyncio.gather(*(_deliver(pool, http, row) for row in heads))
+    heads = await pool.fetch(HEADS, MAX_ATTEMPTS)
+    results = await asyncio.gather(*(_deliver(pool, http, row, allowed) for row in heads))
     return sum(results)
 
 
-async def _deliver(pool: asyncpg.Pool, http: aiohttp.ClientSession, row: Any) -> bool:
+async def _deliver(
+    pool: asyncpg.Pool, http: aiohttp.ClientSession, row: Any, allowed: Sequence[IpNetwork]
+) -> bool:
     body = row["payload"].encode()
     timestamp = str(int(time.time()))
     headers = {
@@ -72,6 +103,7 @@ async def _deliver(pool: asyncpg.Pool, http: aiohttp.ClientSession, row: Any) ->
         "X-Kmsd-Signature": sign(row["hmac_key"], timestamp, body),
     }
     try:
+        await check_destination(row["url"], allowed)  # again: DNS may have changed since
         async with http.post(
             row["url"], data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)
         ) as resp:
@@ -80,6 +112,8 @@ async def _deliver(pool: asyncpg.Pool, http: aiohttp.ClientSession, row: Any) ->
             error = None if ok else f"HTTP {resp.status}"
     except (aiohttp.ClientError, TimeoutError) as exc:
         ok, error = False, type(exc).__name__
+    except InvalidInput as exc:
+        ok, error = False, exc.detail
     if ok:
         await pool.execute(DELIVERED, row["id"])
         return True

@@ -82,6 +82,7 @@ _DELETE_STILL_WANTED = """
 SELECT EXISTS (SELECT 1 FROM sm_outbox WHERE id = $1)
    AND NOT EXISTS (SELECT 1 FROM secrets WHERE sm_name = $2)
 """
+_PUT_IN_DOUBT = "SELECT 1 FROM sm_outbox WHERE op = 'put' AND sm_name = $1 LIMIT 1"
 _OUTBOX_FAILED = "UPDATE sm_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
 
 
@@ -139,6 +140,11 @@ async def put_secret(
                     )
                 if req.stage == "pending" and (existing is None or existing["kind"] != req.kind):
                     raise InvalidInput("only an existing secret can be rotated")
+                if req.stage == "pending" and await conn.fetchval(_PUT_IN_DOUBT, sm_name):
+                    raise Conflict(
+                        f"an earlier write of {req.name!r} is still in doubt (kmsd reconciles "
+                        "it within minutes); start the rotation after that"
+                    )
                 if existing is not None and existing["kind"] != req.kind:
                     raise Conflict(
                         f"secret {req.name!r} at {str(req.path)!r} is a {existing['kind']} "
@@ -254,19 +260,24 @@ async def _record_pending(
 ) -> None:
     """A rotation's new version: stage pending, and the rotation row that will drive it.
 
-    Returns quietly when another rotation is already under way: only a reconciled intent of a
-    start that crashed can meet one (starts are serialised by the secret's lock), and that
-    rotation has moved AWSPENDING to its own version since.
+    Returns quietly when the secret moved on since the start was attempted (another rotation
+    under way, or a different current version): only a reconciled intent of a start that crashed
+    can meet that (starts are serialised by the secret's lock and refused while a write is in
+    doubt), and recording it would revive an abandoned value.
     """
-    if await conn.fetchval(rotations_db.ACTIVE_FOR_SECRET, secret_id):
-        log.warning("pending_version_dropped", secret_id=secret_id, version_id=version_id)
-        return
+    settings = intent.get("rotation") or {}
     old = await conn.fetchval(
         "SELECT version_id FROM secret_versions WHERE secret_id = $1 AND stage = 'current'",
         secret_id,
     )
+    if await conn.fetchval(rotations_db.ACTIVE_FOR_SECRET, secret_id) or old != settings.get(
+        "expected_current", old
+    ):
+        # The secret moved on since this start was attempted (another rotation, or a newer
+        # current version): recording it now would revive an abandoned value.
+        log.warning("pending_version_dropped", secret_id=secret_id, version_id=version_id)
+        return
     await conn.execute(_INSERT_VERSION, secret_id, version_id, "pending", intent["created_by"])
-    settings = intent.get("rotation") or {}
     before = await conn.fetchrow(
         "SELECT expires_at, spec::text AS spec, public_key FROM secrets WHERE id = $1", secret_id
     )

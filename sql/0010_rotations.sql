@@ -70,6 +70,7 @@ CREATE TABLE console_codes (
     code_hash   text PRIMARY KEY,
     principal   text NOT NULL,
     expires_at  timestamptz NOT NULL,
+    ip          text NOT NULL,   -- the address that asked: the link works from there only
     used_at     timestamptz
 );
 

@@ -27,7 +27,7 @@ SELECT r.id, r.secret_id, r.phase, r.mode, r.paused, r.leaked, r.gate_timeout_s,
        r.old_version, r.new_version, r.labels_pending, r.timed_out, r.phase_since,
        r.started_by, r.started_at, r.finished_at,
        r.secret_before::text AS secret_before, r.secret_after::text AS secret_after,
-       s.name, s.kind, s.sm_arn, s.node_id, n.path
+       s.name, s.kind, s.sm_arn, s.sm_name, s.node_id, n.path
 FROM rotations r JOIN secrets s ON s.id = r.secret_id JOIN nodes n ON n.id = s.node_id
 """
 BY_ID = SELECT_ROTATION + " WHERE r.id = $1"

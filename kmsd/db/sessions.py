@@ -33,11 +33,21 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+API_PREFIX = "kmsd."
+CONSOLE_PREFIX = "kmsdc."  # console sessions: accepted by the console's pages only
+
+
 async def create_session(
-    pool: asyncpg.Pool, who: Principal, source_ip: str, now: datetime, ttl: timedelta
+    pool: asyncpg.Pool,
+    who: Principal,
+    source_ip: str,
+    now: datetime,
+    ttl: timedelta,
+    *,
+    prefix: str = API_PREFIX,
 ) -> tuple[str, datetime]:
     """Issue a new random token for ``who``; return it with its expiry."""
-    token = "kmsd." + secrets.token_urlsafe(32)
+    token = prefix + secrets.token_urlsafe(32)
     expires = now + ttl
     await pool.execute(
         INSERT_SESSION, token_hash(token), who.arn, who.caller_arn, source_ip, expires

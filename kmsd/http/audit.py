@@ -67,6 +67,8 @@ ACTIONS: dict[tuple[str, str], str] = {
 }
 # Changes get a row before they run (fail closed before anything happens).
 _NOT_CHANGES = frozenset({"auth.login", "watch", "audit.verify"})
+# The API and the console; /healthz and /metrics are not calls on anyone's behalf.
+AUDITED_PREFIXES = ("/v1/", "/ui/")
 FAIL_CLOSED = "the audit trail cannot be written, so the call is refused (fail closed)"
 
 
@@ -111,7 +113,7 @@ async def audit_now(request: web.Request, status: int = 200) -> None:
 
 async def audit_outcome(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
     """Write the outcome row of an API call; answer 503 instead if it cannot be written."""
-    if request.path.startswith("/v1/") and not request.get(AUDITED):
+    if request.path.startswith(AUDITED_PREFIXES) and not request.get(AUDITED):
         try:
             await request.app[AUDIT].write(_entry(request, response.status))
         except AuditUnavailable:
@@ -122,7 +124,7 @@ async def audit_outcome(request: web.Request, response: web.StreamResponse) -> w
 async def write_attempt(request: web.Request) -> None:
     """The attempt row of a change, once the caller is known and before anything changes."""
     if (
-        request.path.startswith("/v1/")
+        request.path.startswith(AUDITED_PREFIXES)
         and request.method != "GET"
         and _action(request) not in _NOT_CHANGES
     ):

@@ -91,6 +91,8 @@ async def authenticate(request: web.Request) -> None:
             raise Unauthenticated("sign in to the console with a link from: kmsctl console")
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("send Authorization: Bearer TOKEN from POST /v1/auth/aws/login")
+    if token.startswith(sessions.CONSOLE_PREFIX) and not route.startswith("/ui/"):
+        raise Unauthenticated("a console session opens the console only; use kmsctl for the API")
     session = await sessions.lookup(
         request.app[POOL], token.strip(), request.app[SESSIONS], request.app[CLOCK].now()
     )

@@ -37,10 +37,12 @@ COOKIE = "kmsd_console"
 LINK_TTL = timedelta(minutes=2)
 CONSOLE_TTL = timedelta(hours=8)
 EVENT_INTERVAL_S = 1.0
-_INSERT_CODE = "INSERT INTO console_codes (code_hash, principal, expires_at) VALUES ($1, $2, $3)"
+_INSERT_CODE = """
+INSERT INTO console_codes (code_hash, principal, expires_at, ip) VALUES ($1, $2, $3, $4)
+"""
 _USE_CODE = """
 UPDATE console_codes SET used_at = now()
-WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
+WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2 AND ($3::text IS NULL OR ip = $3)
 RETURNING principal
 """
 
@@ -54,7 +56,7 @@ async def create_link(request: web.Request) -> web.Response:
     who = principal(request)
     code = secrets.token_urlsafe(32)
     expires = request.app[CLOCK].now() + LINK_TTL
-    await request.app[POOL].execute(_INSERT_CODE, _hash(code), who.arn, expires)
+    await request.app[POOL].execute(_INSERT_CODE, _hash(code), who.arn, expires, request[CLIENT_IP])
     path = f"/ui/login?code={code}"
     return json_response({"path": path, "expires_at": expires.isoformat()}, status=201)
 
@@ -62,12 +64,23 @@ async def create_link(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     code = request.query.get("code", "")
     now = request.app[CLOCK].now()
-    arn = await request.app[POOL].fetchval(_USE_CODE, _hash(code), now) if code else None
+    settings = request.app[SETTINGS]
+    # Like a token, a link works only from the address that asked for it (KMSD_BIND_TOKEN_IP).
+    ip = request[CLIENT_IP] if settings.bind_token_ip else None
+    arn = await request.app[POOL].fetchval(_USE_CODE, _hash(code), now, ip) if code else None
     if arn is None:
-        raise Unauthenticated("this console link is unknown, used or expired: run kmsctl console")
+        raise Unauthenticated(
+            "this console link is unknown, used, expired or meant for another address: "
+            "run kmsctl console"
+        )
     who = principal_from_arn(arn)
     token, expires = await sessions.create_session(
-        request.app[POOL], who, request[CLIENT_IP], now, CONSOLE_TTL
+        request.app[POOL],
+        who,
+        request[CLIENT_IP],
+        now,
+        min(CONSOLE_TTL, timedelta(seconds=settings.token_ttl_s)),
+        prefix=sessions.CONSOLE_PREFIX,
     )
     request[PRINCIPAL] = who
     # Only a page of this console (no scheme, no host): never an open redirect.

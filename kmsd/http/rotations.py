@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import secrets
@@ -11,25 +12,26 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from kmsd import rotations
+from kmsd import rotations, webhooks
 from kmsd.domain import rotation as machine
 from kmsd.domain.access import ROOT
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.common import AUDIT_TARGET, json_body, json_response
-from kmsd.keys import POOL, ROTATIONS
+from kmsd.keys import POOL, ROTATIONS, SETTINGS
 
+_DROP_UNDELIVERED = "DELETE FROM webhook_deliveries WHERE app_path = $1 AND delivered_at IS NULL"
 START_FIELDS = frozenset(
     {"path", "name", "value", "value_b64", "generate", "mode", "gate_timeout", "leaked"}
 )
 
 
 def _rotation_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise NotFound("rotation ids are integers") from None
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:  # bigint ids; anything else names no rotation
+        raise NotFound(f"rotation {raw[:40]!r} does not exist")
+    return int(raw)
 
 
 async def _secret_path(request: web.Request, rotation_id: int) -> str:
@@ -66,15 +68,18 @@ async def start(request: web.Request) -> web.Response:
     timeout = (
         machine.parse_duration(str(raw_timeout)) if raw_timeout is not None else default_timeout
     )
-    result = await request.app[ROTATIONS].start(
-        rotations.StartRequest(
-            path=path,
-            name=name,
-            value=value,
-            mode=str(mode),
-            gate_timeout=timeout,
-            leaked=leaked,
-            started_by=who.arn,
+    # Shielded like every write: a client hanging up must not cut it between SM and PostgreSQL.
+    result = await asyncio.shield(
+        request.app[ROTATIONS].start(
+            rotations.StartRequest(
+                path=path,
+                name=name,
+                value=value,
+                mode=str(mode),
+                gate_timeout=timeout,
+                leaked=leaked,
+                started_by=who.arn,
+            )
         )
     )
     return json_response(result, status=201)
@@ -107,9 +112,11 @@ async def list_rotations(request: web.Request) -> web.Response:
     await authorize(request, "view", path or ROOT)
     active = request.query.get("active", "false").lower() in ("1", "true", "yes")
     try:
-        limit = min(int(request.query.get("limit", "100")), 1000)
+        limit = int(request.query.get("limit", "100"))
     except ValueError:
         raise InvalidInput("limit must be an integer") from None
+    if not 1 <= limit <= 1000:
+        raise InvalidInput("limit must be between 1 and 1000")
     found = await request.app[ROTATIONS].list(path, active_only=active, limit=limit)
     return json_response({"rotations": list(found)})
 
@@ -148,7 +155,10 @@ async def set_webhook(request: web.Request) -> web.Response:
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidInput("'url' must be an http(s) URL")
+    await webhooks.check_destination(str(url), request.app[SETTINGS].webhook_allowed_cidrs)
     key = secrets.token_urlsafe(32)
+    # A new hook starts afresh: what was queued for the old one is not replayed to it.
+    await request.app[POOL].execute(_DROP_UNDELIVERED, str(app_path))
     await request.app[POOL].execute(
         """INSERT INTO webhooks (app_path, url, hmac_key, created_by) VALUES ($1, $2, $3, $4)
            ON CONFLICT (app_path) DO UPDATE
@@ -177,6 +187,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     deleted = await request.app[POOL].fetchval(
         "DELETE FROM webhooks WHERE app_path = $1 RETURNING app_path", str(app_path)
     )
+    await request.app[POOL].execute(_DROP_UNDELIVERED, str(app_path))
     if deleted is None:
         raise NotFound(f"{app_path} has no webhook")
     return web.Response(status=204)

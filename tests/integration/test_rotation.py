@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from kmsd.domain.access import parse_cidrs
 from kmsd.keys import ADOPTION, ROTATIONS
 from tests.conftest import Identity
 from tests.integration.conftest import Api, ClientFactory, FakeClock, sign_in
@@ -326,9 +327,16 @@ async def receiver(aiohttp_server: Any) -> tuple[TestServer, list[tuple[dict[str
 
 
 async def test_webhooks_receive_every_transition_in_order_signed(
-    api: Api, client: App, db: asyncpg.Connection, receiver: Any
+    make_client: ClientFactory,
+    admin: Identity,
+    moto_endpoint: str,
+    db: asyncpg.Connection,
+    receiver: Any,
 ) -> None:
     server, got = receiver
+    # The receiver runs on loopback, which webhooks may reach only when allowed.
+    client = await make_client(webhook_allowed_cidrs=parse_cidrs(["127.0.0.0/8"]))
+    api = await sign_in(client, admin, moto_endpoint)
     await setup_shared(api)
     hooks = {}
     for app_path in (OWNER, REFERENCER):
@@ -362,7 +370,9 @@ async def test_webhooks_receive_every_transition_in_order_signed(
     assert ref_doc["local_name"] == "shop-db"
 
 
-async def test_console_link_signs_in_once_and_shows_the_dashboard(api: Api, client: App) -> None:
+async def test_console_link_signs_in_once_and_shows_the_dashboard(
+    api: Api, client: App, db: asyncpg.Connection
+) -> None:
     await setup_shared(api)
     rot = await start(api)
     assert (await client.get(f"/ui/rotations/{rot['id']}", allow_redirects=False)).status == 401
@@ -382,3 +392,64 @@ async def test_console_link_signs_in_once_and_shows_the_dashboard(api: Api, clie
     assert NEW_VALUE not in text  # metadata only, never a value
     listing = await client.get("/ui/rotations", cookies={"kmsd_console": cookie.value})
     assert f"/ui/rotations/{rot['id']}" in await listing.text()
+    audited = await db.fetch(
+        "SELECT action, outcome FROM audit_log WHERE action LIKE 'console.%' ORDER BY seq"
+    )
+    assert [(r["action"], r["outcome"]) for r in audited] == [
+        ("console.rotation", "denied"),  # no cookie yet
+        ("console.link", "attempt"),
+        ("console.link", "allowed"),
+        ("console.login", "allowed"),
+        ("console.login", "denied"),  # the second use of the code
+        ("console.rotation", "allowed"),
+        ("console.rotations", "allowed"),
+    ]
+
+
+async def test_webhooks_to_internal_addresses_are_refused_and_a_new_hook_starts_afresh(
+    make_client: ClientFactory, admin: Identity, moto_endpoint: str, db: asyncpg.Connection
+) -> None:
+    api = await sign_in(await make_client(), admin, moto_endpoint)
+    await setup_shared(api)
+    for url in ("http://127.0.0.1:8700/v1/nodes", "http://169.254.169.254/latest", "ftp://x"):
+        status, problem = await api.call("PUT", f"/v1/webhooks/{OWNER}", json={"url": url})
+        assert status == 400, problem
+    allowed = await make_client(webhook_allowed_cidrs=parse_cidrs(["127.0.0.0/8"]))
+    api = await sign_in(allowed, admin, moto_endpoint)
+    await api.ok("PUT", f"/v1/webhooks/{OWNER}", json={"url": "http://127.0.0.1:9/old"})
+    await start(api)
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
+    await api.ok("PUT", f"/v1/webhooks/{OWNER}", json={"url": "http://127.0.0.1:9/new"})
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0  # not replayed
+
+
+async def test_rolling_back_an_old_rotation_never_overwrites_a_newer_one(api: Api) -> None:
+    await setup_shared(api)
+    first = await start(api)
+    for _ in range(2):
+        await api.ok("POST", f"/v1/rotations/{first['id']}/advance", json={"force": True})
+    second = await start(api)
+    status, problem = await api.call("POST", f"/v1/rotations/{first['id']}/rollback")
+    assert status == 409
+    assert "no longer be rolled back" in problem["detail"]
+    assert (await api.ok("GET", f"/v1/rotations/{second['id']}"))["phase"] == "pending"
+    await api.ok("POST", f"/v1/rotations/{second['id']}/abort")
+    await api.put_json(f"{OWNER}/db", {"password": "by hand"})  # a newer current version
+    status, _ = await api.call("POST", f"/v1/rotations/{first['id']}/rollback")
+    assert status == 409
+
+
+async def test_odd_ids_and_limits_are_client_errors(api: Api) -> None:
+    assert (await api.call("GET", "/v1/rotations/99999999999999999999"))[0] == 404
+    assert (await api.call("GET", "/v1/rotations/-1"))[0] == 404
+    assert (await api.call("GET", "/v1/rotations?limit=-1"))[0] == 400
+    assert (await api.call("GET", "/v1/rotations?limit=x"))[0] == 400
+
+
+async def test_a_console_session_opens_the_console_only(api: Api, client: App) -> None:
+    link = await api.ok("POST", "/v1/console/links")
+    resp = await client.get(link["path"], allow_redirects=False)
+    token = resp.cookies["kmsd_console"].value
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/v1/rotations", headers=headers)).status == 401
+    assert (await client.get("/ui/rotations", headers=headers)).status == 200

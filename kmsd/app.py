@@ -160,6 +160,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         audit=app[AUDIT],
         replica=settings.replica_id,
         webhook_allowed=settings.webhook_allowed_cidrs,
+        metrics=app[METRICS],
     )
     app[ROTATIONS] = rotations
     scheduler = Scheduler(

@@ -73,5 +73,24 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Set by the leader's rotation driver each pass (other replicas show nothing).
+        self.rotations = Gauge(
+            "kmsd_rotations_in_progress",
+            "Rotations in progress by phase and flag (waiting, paused, timed_out)",
+            ["phase", "state"],
+            registry=self.registry,
+        )
+        self.rotation_stragglers = Gauge(
+            "kmsd_rotation_gate_waiting_instances",
+            "Live instances the rotations' current gates wait for, all rotations together",
+            registry=self.registry,
+        )
+        self.rotation_transitions = Counter(
+            "kmsd_rotation_transitions",
+            "Rotation transitions applied by this replica",
+            ["action", "forced"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -44,6 +44,7 @@ from kmsd.domain.profile import Profile
 from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
 from kmsd.hub.hub import Hub
 from kmsd.keygen import generate
+from kmsd.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -150,6 +151,7 @@ class Rotations:
         audit: AuditWriter | None = None,
         replica: str = "",
         webhook_allowed: Sequence[IpNetwork] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.pool = pool
         self.sm = sm
@@ -162,7 +164,11 @@ class Rotations:
         self.audit = audit
         self.replica = replica
         self.webhook_allowed = webhook_allowed
+        self.metrics = metrics
         self.ticks = 0
+        # Counted during a driver pass, for /metrics: (phase, state) -> rotations, stragglers.
+        self._seen: dict[tuple[str, str], int] = {}
+        self._waiting = 0
 
     # -- start -----------------------------------------------------------------------------
 
@@ -316,6 +322,10 @@ class Rotations:
             )
             if transition.moves_versions:
                 await record_secret_change(conn, row["path"], row["node_id"], row["secret_id"])
+        if self.metrics is not None:
+            self.metrics.rotation_transitions.labels(
+                transition.action, str(transition.forced).lower()
+            ).inc()
         log.info(
             "rotation_transition",
             rotation_id=expected.id,
@@ -479,6 +489,8 @@ class Rotations:
     async def tick(self) -> int:
         """One pass of the driver (leader only): labels to finish, gates to check."""
         moved = 0
+        self._seen = {}
+        self._waiting = 0
         for row in await self.pool.fetch(rotations_db.TO_DRIVE):
             try:
                 moved += await self._drive(row)
@@ -489,6 +501,11 @@ class Rotations:
             except (asyncpg.PostgresError, OSError, ValueError, KeyError) as exc:
                 # One broken rotation must not stop the others (nor the webhooks below).
                 log.error("rotation_drive_error", rotation_id=row["id"], error=repr(exc))
+        if self.metrics is not None:
+            self.metrics.rotations.clear()
+            for (phase, state), count in self._seen.items():
+                self.metrics.rotations.labels(phase, state).set(count)
+            self.metrics.rotation_stragglers.set(self._waiting)
         if self.http is not None:
             try:
                 await webhooks.deliver_due(self.pool, self.http, self.webhook_allowed)
@@ -505,6 +522,9 @@ class Rotations:
             return 0
         now = self.clock.now()
         gate = await self.gate(row, rot)
+        state = "paused" if rot.paused else "timed_out" if row["timed_out"] else "waiting"
+        self._seen[(rot.phase, state)] = self._seen.get((rot.phase, state), 0) + 1
+        self._waiting += len(gate.waiting) if gate else 0
         if rot.timed_out(now) and not row["timed_out"]:
             async with self.pool.acquire() as conn, conn.transaction():
                 if await conn.fetchval(

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from kmsd.domain.access import parse_cidrs
-from kmsd.keys import ADOPTION, ROTATIONS
+from kmsd.keys import ADOPTION, METRICS, ROTATIONS
 from tests.conftest import Identity
 from tests.integration.conftest import Api, ClientFactory, FakeClock, sign_in
 
@@ -213,8 +213,15 @@ async def test_paused_rotations_wait_and_stale_instances_are_listed_not_counted(
     assert [i["instance_id"] for i in gate["stale"]] == ["i-gone"]
     assert gate["counts"] == {"held": 1, "live": 1, "waiting": 0, "stale": 1}
     assert await client.app[ROTATIONS].tick() == 0  # paused
+    metrics = client.app[METRICS].render().decode()
+    assert 'kmsd_rotations_in_progress{phase="pending",state="paused"} 1.0' in metrics
     await api.ok("POST", f"/v1/rotations/{rot['id']}/resume")
     assert await client.app[ROTATIONS].tick() == 1
+    await client.app[ROTATIONS].tick()  # the gauges show what a pass found at its start
+    metrics = client.app[METRICS].render().decode()
+    assert 'kmsd_rotations_in_progress{phase="promoted",state="waiting"} 1.0' in metrics
+    assert 'kmsd_rotations_in_progress{phase="pending"' not in metrics
+    assert 'kmsd_rotation_transitions_total{action="promote",forced="false"} 1.0' in metrics
 
 
 async def test_a_leaked_secret_promotes_on_timeout_but_never_revokes_on_one(

@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 # Holds are shortened by up to this fraction so that renewals of polls started together spread
 # out instead of arriving in step.
 HOLD_JITTER: Final = 0.1
+# Wakes are handed out this many at a time, yielding in between (see _refresh).
+WAKE_BATCH: Final = 64
 # Deadline sweep period: timeouts fire at most this late (holds are tens of seconds).
 SWEEP_INTERVAL_S: Final = 0.25
 # Cached snapshots of paths nobody waits on are dropped after this long unused.
@@ -184,6 +186,10 @@ class Hub:
                 if not waiter.handle.done():
                     waiter.handle.set_result(current)
                     woken += 1
+                    if woken % WAKE_BATCH == 0:
+                        # Let other ready work (the write that caused this change, say) run
+                        # between batches instead of after every woken poll's answer.
+                        await asyncio.sleep(0)
         self._metrics.wakes.inc(woken)
         self._metrics.wake_seconds.observe(time.perf_counter() - started)
         return woken

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 # kmsd stage -> the Secrets Manager staging label the read must name. The hosts' IAM policy
 # conditions on ``secretsmanager:VersionStage``, so the label travels with the version id.
 STAGE_LABELS = {"current": "AWSCURRENT", "pending": "AWSPENDING", "previous": "AWSPREVIOUS"}
@@ -245,8 +247,6 @@ def render_version(secret: Secret, version: Version) -> dict[str, Any]:
 
 
 def _json_or_text(text: str) -> Any:
-    import orjson
-
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:

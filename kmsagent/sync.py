@@ -84,7 +84,6 @@ class PathState:
     error: str | None = None
     confirmed_at: float | None = None  # monotonic time kmsd last vouched for the view
     polling: bool = False  # a poll is held by kmsd right now (changes would arrive at once)
-    synced_at: float | None = None
     local_watchers: int = 0  # applications' long polls waiting on this path
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     report_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -216,7 +215,6 @@ class Agent:
     def publish(self, state: PathState, view: PathView) -> None:
         before = state.view
         state.view = view  # the swap: one reference, read once by every local request
-        state.synced_at = self.clock()
         self.stats["swaps"] += 1
         changed, state.changed = state.changed, asyncio.Event()
         changed.set()  # wakes the applications' local long polls

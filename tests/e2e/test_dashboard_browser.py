@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Identity
-from tests.e2e.harness import AgentProcess, Ops, Replica, credentials_file
+from tests.e2e.harness import AgentProcess, Ops, Replica, credentials_file, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,11 +54,15 @@ class Browser:
         return str(result.get("result", {}).get("value") or "")
 
     async def until_text(self, element_id: str, pattern: str) -> str:
-        async with asyncio.timeout(DEADLINE_S):
-            while not re.search(  # noqa: ASYNC110 - the page lives in another process
-                pattern, text := await self.text_of(element_id)
-            ):
-                await asyncio.sleep(0.1)
+        text = ""
+        try:
+            async with asyncio.timeout(DEADLINE_S):
+                while not re.search(  # noqa: ASYNC110 - the page lives in another process
+                    pattern, text := await self.text_of(element_id)
+                ):
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise AssertionError(f"#{element_id} never matched {pattern!r}: {text!r}") from None
         return text
 
 
@@ -137,6 +141,13 @@ async def test_the_dashboard_shows_gate_progress_and_redraws_when_an_agent_adopt
             )
         for agent in agents:
             await asyncio.to_thread(agent.wait_ready)
+
+        def both_reported() -> bool:
+            doc = ops.json("adoption", "prod/shop")
+            return {i["instance_id"] for i in doc["instances"]} == {"shop-1", "shop-2"}
+
+        # kmsd knows an instance from its first poll's report: both, before one goes away.
+        await asyncio.to_thread(wait_until, both_reported, "both agents' first reports")
         late = agents[1]
         await asyncio.to_thread(late.stop)  # shop-2 is away when the rotation starts
         rot = await asyncio.to_thread(

@@ -18,7 +18,6 @@ its answers:
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -283,7 +282,12 @@ class Rotations:
         whoever takes it: an operator's command or the driver.
         """
         new = transition.rotation
-        await self._audit(expected, transition, actor)
+        try:
+            await self._audit(expected, transition, actor, "attempt")
+        except AuditUnavailable:
+            raise Unavailable(
+                "the audit trail cannot be written, so the rotation does not move (fail closed)"
+            ) from None
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(rotations_db.BY_ID_FOR_UPDATE, expected.id)
             if row is None:
@@ -322,6 +326,13 @@ class Rotations:
             )
             if transition.moves_versions:
                 await record_secret_change(conn, row["path"], row["node_id"], row["secret_id"])
+        try:
+            await self._audit(
+                expected, transition, actor, "forced" if transition.forced else "allowed"
+            )
+        except AuditUnavailable:
+            # It happened (its attempt row says so); the outcome row could not follow.
+            log.error("rotation_outcome_not_audited", rotation_id=expected.id)
         if self.metrics is not None:
             self.metrics.rotation_transitions.labels(
                 transition.action, str(transition.forced).lower()
@@ -338,31 +349,27 @@ class Rotations:
             await self.sync_labels(expected.id)
 
     async def _audit(
-        self, rot: machine.Rotation, transition: machine.Transition, actor: str
+        self, rot: machine.Rotation, transition: machine.Transition, actor: str, outcome: str
     ) -> None:
+        """One audit row of a transition: ``attempt`` before it, then what happened."""
         if self.audit is None:
             return
         row = await self._row(rot.id)
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        try:
-            await self.audit.write(
-                AuditEntry(
-                    at=self.clock.now(),
-                    request_id=str(request_id or f"rotation-{rot.id}-{uuid.uuid4().hex[:12]}"),
-                    replica=self.replica,
-                    principal=actor,
-                    claimed="",
-                    source_ip="",
-                    action=f"rotation.{transition.action}",
-                    target=f"{row['path']}/{row['name']} rotation {rot.id}",
-                    outcome="forced" if transition.forced else "allowed",
-                    status=200,
-                )
+        await self.audit.write(
+            AuditEntry(
+                at=self.clock.now(),
+                request_id=str(request_id or f"rotation-{rot.id}-{transition.action}"),
+                replica=self.replica,
+                principal=actor,
+                claimed="",
+                source_ip="",
+                action=f"rotation.{transition.action}",
+                target=f"{row['path']}/{row['name']} rotation {rot.id}",
+                outcome=outcome,
+                status=0 if outcome == "attempt" else 200,
             )
-        except AuditUnavailable:
-            raise Unavailable(
-                "the audit trail cannot be written, so the rotation does not move (fail closed)"
-            ) from None
+        )
 
     async def _set_stages(
         self, conn: Conn, row: asyncpg.Record, transition: machine.Transition

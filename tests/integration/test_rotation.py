@@ -187,7 +187,9 @@ async def test_the_driver_advances_an_auto_rotation_when_each_gate_is_met(
         " WHERE action LIKE 'rotation.%' AND principal = 'kmsd' ORDER BY seq"
     )
     assert [(r["action"], r["outcome"]) for r in audited] == [
-        ("rotation.promote", "allowed"),
+        ("rotation.promote", "attempt"),  # before it happens (fail closed)...
+        ("rotation.promote", "allowed"),  # ...and once it has
+        ("rotation.revoke", "attempt"),
         ("rotation.revoke", "allowed"),
     ]
     assert audited[0]["target"] == f"{OWNER}/db rotation {rot['id']}"

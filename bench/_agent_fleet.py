@@ -22,13 +22,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
+from _dev import serve_commands
 
 from kmsagent.aws import Reader
 from kmsagent.creds import CredentialsConfig, credentials_session, frozen
@@ -83,30 +83,8 @@ class Fleet:
     # -- plumbing ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-
-        def reader() -> None:
-            while True:
-                try:
-                    msg = self.conn.recv()
-                except (EOFError, OSError):
-                    msg = ("exit", {})
-                loop.call_soon_threadsafe(queue.put_nowait, msg)
-                if msg[0] == "exit":
-                    return
-
-        threading.Thread(target=reader, daemon=True).start()
         try:
-            while True:
-                name, kwargs = await queue.get()
-                if name == "exit":
-                    return
-                try:
-                    reply: Any = await getattr(self, f"cmd_{name}")(**kwargs)
-                except Exception as exc:  # reported to the parent, which fails the run
-                    reply = {"error": f"{name}: {exc!r}"}
-                self.conn.send(reply)
+            await serve_commands(self.conn, self)
         finally:
             for task in self.tasks:
                 task.cancel()

@@ -2,18 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import closing
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
+
+
+async def serve_commands(conn: Connection, owner: Any) -> None:
+    """Answer a parent's commands over a pipe until it says "exit" or hangs up.
+
+    Each ``(name, kwargs)`` runs ``owner.cmd_<name>(**kwargs)`` and sends back its result, or
+    ``{"error": ...}`` (the parent fails the run). A thread blocks on the pipe so that the
+    worker's event loop never does.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+
+    def reader() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = ("exit", {})
+            loop.call_soon_threadsafe(queue.put_nowait, msg)
+            if msg[0] == "exit":
+                return
+
+    threading.Thread(target=reader, daemon=True).start()
+    while True:
+        name, kwargs = await queue.get()
+        if name == "exit":
+            return
+        try:
+            reply: Any = await getattr(owner, f"cmd_{name}")(**kwargs)
+        except Exception as exc:  # reported to the parent, which fails the run
+            reply = {"error": f"{name}: {exc!r}"}
+        conn.send(reply)
 
 
 def free_port() -> int:

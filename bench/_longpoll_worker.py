@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import threading
 import time
 from collections import defaultdict
 from multiprocessing.connection import Connection
@@ -28,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from _dev import serve_commands
 
 CONNECTING = 32
 # An answer: (monotonic_ns when read, HTTP status or 0 for an etcd event, path_version or -1).
@@ -75,30 +75,8 @@ class Worker:
     # -- plumbing ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-
-        def reader() -> None:
-            while True:
-                try:
-                    msg = self.conn.recv()
-                except (EOFError, OSError):
-                    msg = ("exit", {})
-                loop.call_soon_threadsafe(queue.put_nowait, msg)
-                if msg[0] == "exit":
-                    return
-
-        threading.Thread(target=reader, daemon=True).start()
         try:
-            while True:
-                name, kwargs = await queue.get()
-                if name == "exit":
-                    return
-                try:
-                    reply: Any = await getattr(self, f"cmd_{name}")(**kwargs)
-                except Exception as exc:  # reported to the parent, which fails the run
-                    reply = {"error": f"{name}: {exc!r}"}
-                self.conn.send(reply)
+            await serve_commands(self.conn, self)
         finally:
             for kind in list(self.sessions):
                 await self.cmd_close(kind)

@@ -11,7 +11,6 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from kmsd import writes
 from kmsd.aws.clients import aws_client
 from kmsd.aws.sm import secrets_writer
 from kmsd.clock import Clock, SystemClock
@@ -49,8 +48,9 @@ from kmsd.keys import (
     WAKER,
 )
 from kmsd.metrics import Metrics
-from kmsd.rotations import Rotations
-from kmsd.scheduler import Scheduler
+from kmsd.services import writes
+from kmsd.services.rotations import Rotations
+from kmsd.services.scheduler import Scheduler
 from kmsd.tasks import cancel_quietly, supervise
 
 log = structlog.get_logger(__name__)

@@ -17,8 +17,8 @@ from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
 from kmsd.metrics import Metrics
-from kmsd.rotations import Rotations
-from kmsd.scheduler import Scheduler
+from kmsd.services.rotations import Rotations
+from kmsd.services.scheduler import Scheduler
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)

@@ -17,8 +17,8 @@ A rotation replaces a secret's current version without breaking anyone::
 
 "Live" is decided from adoption reports within a staleness window: a stale instance is listed
 apart and never counted as holding anything. Nothing here does I/O: the driver in
-``kmsd.rotations`` loads a :class:`Rotation` and the gate inputs, asks this module what to do,
-and applies the answer (metadata stages, SM labels, path versions) with I/O.
+``kmsd.services.rotations`` loads a :class:`Rotation` and the gate inputs, asks this module what
+to do, and applies the answer (metadata stages, SM labels, path versions) with I/O.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from kmsd import rotations, webhooks
 from kmsd.domain import rotation as machine
 from kmsd.domain.access import ROOT
 from kmsd.domain.names import NodePath, check_segment
@@ -20,6 +19,7 @@ from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.common import AUDIT_TARGET, json_body, json_response
 from kmsd.keys import POOL, ROTATIONS, SETTINGS
+from kmsd.services import rotations, webhooks
 
 _DROP_UNDELIVERED = "DELETE FROM webhook_deliveries WHERE app_path = $1 AND delivered_at IS NULL"
 START_FIELDS = frozenset(

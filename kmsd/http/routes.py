@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kmsd import datakeys, writes
 from kmsd.db import audit as audit_db
 from kmsd.db import store
 from kmsd.domain.access import ROOT
@@ -27,9 +26,10 @@ from kmsd.http.console import setup_console_routes
 from kmsd.http.rotations import setup_rotation_routes
 from kmsd.http.sharing import setup_sharing_routes
 from kmsd.http.watch import adoption, watch
-from kmsd.keygen import generate
 from kmsd.keys import AUDIT, CLOCK, KMS, METRICS, POOL, PROFILE, SETTINGS, SM, WAKER
-from kmsd.scheduler import EXPIRING_HAND_MADE
+from kmsd.services import datakeys, writes
+from kmsd.services.keygen import generate
+from kmsd.services.scheduler import EXPIRING_HAND_MADE
 
 GENERATE_FIELDS = frozenset({"use", "algorithm", "length", "lifetime_days", "description"})
 PUT_SECRET_FIELDS = frozenset({"kind", "value", "value_b64", "description", "tags", "expires_at"})

@@ -8,13 +8,13 @@ from typing import Any
 import asyncpg
 from multidict import CIMultiDict
 
-from kmsd import writes
 from kmsd.aws.sm import secrets_writer
 from kmsd.config import Settings
 from kmsd.db import store
 from kmsd.db.changes import record_change
 from kmsd.domain.access import parse_cidrs
 from kmsd.domain.names import NodePath
+from kmsd.services import writes
 from tests.conftest import Identity, free_port
 from tests.integration.conftest import Api, ClientFactory, eventually, login_body, sign_in
 

@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from kmsd import writes
 from kmsd.aws.clients import ForbiddenOperation, aws_client
 from kmsd.aws.sm import secrets_writer
 from kmsd.config import Settings
 from kmsd.domain.names import NodePath
+from kmsd.services import writes
 from tests.conftest import free_port
 from tests.integration.conftest import Api, ClientFactory, sign_in, snapshot
 

@@ -25,17 +25,17 @@ import asyncpg
 import orjson
 import structlog
 
-from kmsd import datakeys, writes
 from kmsd.aws.sm import SecretsWriter
 from kmsd.clock import Clock
 from kmsd.domain.names import NodePath
 from kmsd.domain.profile import Profile
 from kmsd.errors import InvalidInput, KmsError
-from kmsd.keygen import generate
 from kmsd.metrics import Metrics
+from kmsd.services import datakeys, writes
+from kmsd.services.keygen import generate
 
 if TYPE_CHECKING:
-    from kmsd.rotations import Rotations
+    from kmsd.services.rotations import Rotations
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ class Scheduler:
     leader: bool = False
     rotations: int = 0
     ticks: int = 0
-    # Operator rotations (kmsd.rotations) are driven by the leader too, more often.
+    # Operator rotations (kmsd.services.rotations) are driven by the leader too, more often.
     driver: Rotations | None = None
     driver_tick_s: float = 1.0
 

@@ -28,7 +28,6 @@ import asyncpg
 import orjson
 import structlog
 
-from kmsd import webhooks, writes
 from kmsd.aws.sm import SecretsWriter
 from kmsd.clock import Clock
 from kmsd.db import Conn, store
@@ -42,8 +41,9 @@ from kmsd.domain.names import NodePath
 from kmsd.domain.profile import Profile
 from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
 from kmsd.hub.hub import Hub
-from kmsd.keygen import generate
 from kmsd.metrics import Metrics
+from kmsd.services import webhooks, writes
+from kmsd.services.keygen import generate
 
 log = structlog.get_logger(__name__)
 

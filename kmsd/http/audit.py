@@ -64,6 +64,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/ui/rotations/{id}/events"): "console.rotation_events",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
+    ("GET", "/v1/openapi.json"): "openapi.read",
 }
 # Changes get a row before they run (fail closed before anything happens).
 _NOT_CHANGES = frozenset({"auth.login", "watch", "audit.verify"})

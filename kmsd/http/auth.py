@@ -22,7 +22,9 @@ LOGIN_FIELDS = frozenset(
     {"iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers"}
 )
 # Routes any caller may reach without a token.
-PUBLIC_ROUTES = frozenset({"/v1/auth/aws/login", "/healthz", "/metrics", "/ui/login"})
+PUBLIC_ROUTES = frozenset(
+    {"/v1/auth/aws/login", "/v1/openapi.json", "/healthz", "/metrics", "/ui/login"}
+)
 # The console's pages read their session from a cookie (HttpOnly, SameSite=Strict) instead.
 CONSOLE_COOKIE = "kmsd_console"
 

@@ -18,7 +18,7 @@ from kmsd.domain.audit import ChainedRow
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
 from kmsd.errors import InvalidInput, NotFound, PayloadTooLarge
-from kmsd.http import access, iam
+from kmsd.http import access, iam, openapi
 from kmsd.http.access import authorize
 from kmsd.http.auth import login
 from kmsd.http.common import flag, json_body, json_response
@@ -433,3 +433,4 @@ def setup_routes(app: web.Application) -> None:
     setup_console_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/openapi.json", openapi.openapi)

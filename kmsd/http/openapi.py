@@ -1,0 +1,482 @@
+"""``GET /v1/openapi.json``: the OpenAPI 3.1 document of kmsd's whole HTTP API.
+
+Hand-maintained Python rather than a shipped JSON/YAML file: the document is built from the
+same constants the handlers and ``kmsd.domain`` parsers validate with (the segment rule, depth,
+permissions, stages, limits), so those cannot drift apart, and mypy and ruff read it like any
+other module. What can still drift - a route added without documentation, or documentation of
+a route that is gone - is caught by ``tests/unit/test_openapi.py``, which compares this
+document's paths with ``app.router`` both ways; ``tests/e2e/test_schemathesis.py`` sends
+generated requests to a real ``kmsd serve`` and checks the answers against it.
+
+Tail parameters (``{path}``, ``{ref}``) span slashes (``/v1/nodes/prod/payments``): they are
+documented as one path parameter, and the server accepts the slashes plain or as ``%2F``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kmsd import __version__
+from kmsd.domain.rotation import COMMANDS
+from kmsd.http.openapi_schemas import (
+    APP_PATH,
+    APPLICATION,
+    INSTANCE_ID,
+    NODE_PATH,
+    SCHEMAS,
+    SECRET_REF,
+    Schema,
+    problem_responses,
+    ref,
+)
+
+OPENAPI_VERSION = "3.1.0"
+# Every call outside the public ones may be refused so (no token; no binding or outside the
+# allowlist; the audit trail cannot be written, so nothing is done).
+_GUARDED = (401, 403, 503)
+# A call that reads a JSON body may also get these.
+_BODY = (400, 413, 415)
+
+
+def _param(name: str, where: str, schema: Schema, text: str, *, required: bool = False) -> Schema:
+    out: Schema = {"name": name, "in": where, "schema": schema, "description": text}
+    if required or where == "path":
+        out["required"] = True
+    return out
+
+
+def _tail(name: str, pattern: str, text: str) -> Schema:
+    return _param(
+        name,
+        "path",
+        {"type": "string", "pattern": pattern},
+        f"{text}; spans slashes (sent plain or as %2F)",
+    )
+
+
+PATH = _tail("path", NODE_PATH, "a node path: namespace[/application[/child...]]")
+APP = _tail("path", APP_PATH, "an application or a node below it: namespace/application[/...]")
+WEBHOOK_APP = _tail("path", APPLICATION, "an application: namespace/application")
+SECRET = _tail("ref", SECRET_REF, "PATH/NAME: a node path, then the secret's name")
+LOCAL = _tail("ref", SECRET_REF, "PATH/LOCAL_NAME: a node path, then the reference's name")
+ROTATION_ID = _param(
+    "id", "path", {"type": "string", "pattern": r"^\d{1,18}$"}, "the rotation's id"
+)
+
+
+def _flag(name: str, text: str) -> Schema:
+    return _param(name, "query", {"type": "boolean", "default": False}, text)
+
+
+def _json(schema: Schema, text: str) -> Schema:
+    return {"description": text, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    op_id: str,
+    tag: str,
+    summary: str,
+    *,
+    ok: dict[str, Schema],
+    needs: str | None = None,
+    params: tuple[Schema, ...] = (),
+    body: str | None = None,
+    body_required: bool = True,
+    errors: tuple[int, ...] = (),
+    public: bool = False,
+) -> Schema:
+    """One operation: its answers, its refusals (problem+json) and who may call it."""
+    statuses = set(errors) | (set() if public else set(_GUARDED)) | (set(_BODY) if body else set())
+    responses: dict[str, Any] = dict(ok)
+    for status in sorted(statuses):
+        responses[str(status)] = {"$ref": f"#/components/responses/{status}"}
+    op: Schema = {"operationId": op_id, "tags": [tag], "summary": summary}
+    if needs:
+        op["description"] = f"Needs the **{needs}** permission."
+        op["x-kmsd-permission"] = needs
+    if params:
+        op["parameters"] = list(params)
+    if body:
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": ref(body)}},
+        }
+    op["responses"] = responses
+    if public:
+        op["security"] = []
+    return op
+
+
+def _paths() -> dict[str, dict[str, Schema]]:
+    # fmt: off
+    return {
+        "/v1/auth/aws/login": {"post": _op(
+            "login", "auth", "Sign in with a signed sts:GetCallerIdentity request",
+            ok={"200": _json(ref("Login"), "a bearer token for every other call")},
+            body="LoginRequest", errors=(401, 403, 502, 503), public=True,
+        )},
+        "/v1/auth/whoami": {"get": _op(
+            "whoami", "auth", "Your principal, address and bindings",
+            ok={"200": _json(ref("Whoami"), "who you are")},
+        )},
+        "/v1/bindings": {
+            "get": _op(
+                "list_bindings", "access", "Bindings at, above or under a prefix", needs="view",
+                params=(_param("path", "query", {"type": "string", "default": "*"},
+                               "a path prefix, or '*' (the default) for every binding"),),
+                ok={"200": _json(ref("Bindings"), "the bindings")}, errors=(400,),
+            ),
+            "post": _op(
+                "grant", "access", "Bind a principal pattern to a prefix", needs="admin",
+                body="BindingRequest", ok={"201": _json(ref("Binding"), "the new binding")},
+            ),
+        },
+        "/v1/bindings/{id}": {"delete": _op(
+            "revoke", "access", "Remove a binding", needs="admin",
+            params=(_param("id", "path", {"type": "integer"}, "the binding's id"),),
+            ok={"200": _json(ref("BindingRevoked"), "revoked")}, errors=(400, 404),
+        )},
+        "/v1/nodes": {"get": _op(
+            "list_namespaces", "tree", "The namespaces", needs="view (everything)",
+            ok={"200": _json(ref("Namespaces"), "namespace paths")},
+        )},
+        "/v1/nodes/{path}": {
+            "put": _op(
+                "create_node", "tree", "Create a node, or find it", needs="edit",
+                params=(PATH, _flag("parents", "create missing ancestors too (needs edit on "
+                                               "the namespace)")),
+                ok={"201": _json(ref("NodeCreated"), "created"),
+                    "200": _json(ref("NodeCreated"), "it already existed")},
+                errors=(400, 404),
+            ),
+            "get": _op(
+                "get_node", "tree", "A node: its children and its own secrets", needs="view",
+                params=(PATH,), ok={"200": _json(ref("Node"), "the node")}, errors=(400, 404),
+            ),
+            "delete": _op(
+                "delete_node", "tree", "Delete a node (409 while it has children or secrets)",
+                needs="edit",
+                params=(PATH, _flag("recursive", "delete the subtree and its secrets")),
+                ok={"200": _json(ref("NodeDeleted"), "deleted; SM keeps the secrets for the "
+                                                     "recovery window")},
+                errors=(400, 404, 409, 502),
+            ),
+        },
+        "/v1/secrets/{ref}": {
+            "put": _op(
+                "put_secret", "secrets", "Write a secret's new value (to SM, never kept)",
+                needs="edit", params=(SECRET,), body="PutSecretRequest",
+                ok={"201": _json(ref("SecretWritten"), "a new secret"),
+                    "200": _json(ref("SecretWritten"), "a new version of an existing secret")},
+                errors=(404, 409, 502),
+            ),
+            "get": _op(
+                "get_secret", "secrets", "A secret's metadata and versions (never its value)",
+                needs="view", params=(SECRET,), ok={"200": _json(ref("Secret"), "the secret")},
+                errors=(400, 404),
+            ),
+            "delete": _op(
+                "delete_secret", "secrets", "Delete a secret (SM keeps it for the recovery window)",
+                needs="edit", params=(SECRET,),
+                ok={"200": _json(ref("SecretDeleted"), "deleted")}, errors=(400, 404, 409, 502),
+            ),
+        },
+        "/v1/generate/{ref}": {"post": _op(
+            "generate_secret", "secrets", "Generate a key by the security profile", needs="edit",
+            params=(SECRET,), body="GenerateRequest",
+            ok={"201": _json(ref("SecretGenerated"), "a new secret"),
+                "200": _json(ref("SecretGenerated"), "a new version of an existing secret")},
+            errors=(404, 409, 502),
+        )},
+        "/v1/datakeys/{ref}": {"post": _op(
+            "create_datakey", "secrets", "A KMS data key (ciphertext only), or the next period's",
+            needs="edit", params=(SECRET,), body="DataKeyRequest",
+            ok={"201": _json(ref("DataKeyWritten"), "a new data key secret"),
+                "200": _json(ref("DataKeyWritten"), "the next period's key")},
+            errors=(404, 409, 502),
+        )},
+        "/v1/effective/{path}": {"get": _op(
+            "effective", "read", "The effective set of a path", needs="read", params=(APP,),
+            ok={"200": _json(ref("EffectiveSet"), "metadata and version ids, never values")},
+            errors=(400, 404),
+        )},
+        "/v1/watch": {"post": _op(
+            "watch", "read", "Long poll: answer when path_version moves", needs="read",
+            params=(_param("timeout", "query", {"type": "number", "minimum": 0},
+                           "seconds to hold (0: a short poll); default and maximum are the "
+                           "server's KMSD_WATCH_DEFAULT_HOLD and KMSD_WATCH_MAX_HOLD"),),
+            body="WatchRequest",
+            ok={"200": _json(ref("EffectiveSet"), "the path moved: its new effective set"),
+                "304": {"description": "the hold ended and the path did not move"}},
+            errors=(404,),
+        )},
+        "/v1/adoption/{path}": {
+            "get": _op(
+                "adoption", "read", "Which instances hold which versions", needs="view",
+                params=(APP,), ok={"200": _json(ref("Adoption"), "instances and counts")},
+                errors=(400, 404),
+            ),
+            "delete": _op(
+                "forget_instance", "read", "Forget an instance's reports at a path",
+                needs="rotate",
+                params=(APP, _param("instance", "query", {"type": "string", "pattern": INSTANCE_ID},
+                                    "the instance_id to forget", required=True)),
+                ok={"200": _json(ref("AdoptionForgotten"), "forgotten")}, errors=(400, 404),
+            ),
+        },
+        "/v1/iam-policy/app/{path}": {"get": _op(
+            "iam_policy_app", "iam", "The IAM policy for an application's hosts", needs="view",
+            params=(APP, _param("source_cidr", "query",
+                                {"type": "array", "items": {"type": "string"}},
+                                "limit reads to these networks (aws:SourceIp); repeatable")),
+            ok={"200": _json(ref("IamPolicy"), "the policy")}, errors=(400, 404),
+        )},
+        "/v1/iam-policy/server": {"get": _op(
+            "iam_policy_server", "iam", "The IAM policy kmsd itself should run with",
+            needs="view (everything)", ok={"200": _json(ref("IamPolicy"), "the policy")},
+            errors=(502,),
+        )},
+        "/v1/audit": {"get": _op(
+            "audit_list", "audit", "Audit rows, newest first",
+            needs="view on path (admin without one)",
+            params=(
+                _param("principal", "query", {"type": "string"}, "the caller's ARN"),
+                _param("path", "query", {"type": "string", "pattern": NODE_PATH},
+                       "rows about this path and below"),
+                _param("action", "query", {"type": "string"}, "e.g. secret.put"),
+                _param("outcome", "query", {"type": "string"},
+                       "allowed, denied, rejected, error or attempt"),
+                _param("since", "query", {"type": "string", "format": "date-time"},
+                       "with a zone"),
+                _param("until", "query", {"type": "string", "format": "date-time"},
+                       "with a zone"),
+                _param("limit", "query",
+                       {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+                       "at most this many rows"),
+            ),
+            ok={"200": _json(ref("AuditRows"), "the rows")}, errors=(400,),
+        )},
+        "/v1/audit/verify": {"post": _op(
+            "audit_verify", "audit", "Walk the hash chain", needs="admin",
+            ok={"200": _json(ref("AuditVerified"), "the first row that does not match, if any")},
+        )},
+        "/v1/expiring": {"get": _op(
+            "expiring", "secrets", "Hand-made secrets expiring soon", needs="view (everything)",
+            params=(_param("days", "query",
+                           {"type": "integer", "minimum": 0, "maximum": 3650, "default": 30},
+                           "the horizon"),),
+            ok={"200": _json(ref("Expiring"), "the secrets")}, errors=(400,),
+        )},
+        "/v1/shares": {
+            "post": _op(
+                "share", "sharing", "Share a secret with another application",
+                needs="edit of the secret", body="ShareRequest",
+                ok={"201": _json(ref("Share"), "shared")}, errors=(404,),
+            ),
+            "delete": _op(
+                "unshare", "sharing", "Stop sharing (409 while referenced)",
+                needs="edit of the secret",
+                params=(
+                    _param("secret", "query", {"type": "string", "pattern": SECRET_REF},
+                           "PATH/NAME of the secret", required=True),
+                    _param("to", "query", {"type": "string", "pattern": APPLICATION},
+                           "NAMESPACE/APP", required=True),
+                    _flag("remove_refs", "remove that application's references too"),
+                ),
+                ok={"200": _json(ref("Unshared"), "unshared")}, errors=(400, 404, 409),
+            ),
+        },
+        "/v1/refs/{ref}": {
+            "put": _op(
+                "put_ref", "sharing", "Reference a shared secret under a local name",
+                needs="edit", params=(LOCAL,), body="RefRequest",
+                ok={"201": _json(ref("Ref"), "the reference")}, errors=(403, 404, 409),
+            ),
+            "delete": _op(
+                "delete_ref", "sharing", "Remove a reference", needs="edit", params=(LOCAL,),
+                ok={"200": _json(ref("RefDeleted"), "removed")}, errors=(400, 404),
+            ),
+        },
+        "/v1/rotations": {
+            "post": _op(
+                "rotation_start", "rotations", "Start a rotation: the new value as pending",
+                needs="rotate", body="RotationStartRequest",
+                ok={"201": _json(ref("Rotation"), "the rotation")}, errors=(404, 409, 502),
+            ),
+            "get": _op(
+                "rotation_list", "rotations", "Rotations, newest first",
+                needs="view on path (everything without one)",
+                params=(
+                    _param("path", "query", {"type": "string", "pattern": NODE_PATH},
+                           "rotations of secrets at this path and below"),
+                    _flag("active", "only rotations still in progress"),
+                    _param("limit", "query",
+                           {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                           "at most this many"),
+                ),
+                ok={"200": _json(ref("Rotations"), "the rotations")}, errors=(400,),
+            ),
+        },
+        "/v1/rotations/{id}": {"get": _op(
+            "rotation_describe", "rotations", "A rotation: gate progress, versions, history",
+            needs="view", params=(ROTATION_ID,), ok={"200": _json(ref("Rotation"), "it")},
+            errors=(404,),
+        )},
+        "/v1/rotations/{id}/{verb}": {"post": _op(
+            "rotation_command", "rotations", "An operator's command", needs="rotate",
+            params=(ROTATION_ID, _param("verb", "path", {"enum": list(COMMANDS)}, "the command")),
+            body="RotationCommandRequest", body_required=False,
+            ok={"200": _json(ref("Rotation"), "the rotation after the command")},
+            errors=(404, 409, 502),
+        )},
+        "/v1/webhooks/{path}": {
+            "put": _op(
+                "set_webhook", "rotations", "Set an application's rotation webhook",
+                needs="admin", params=(WEBHOOK_APP,), body="WebhookRequest",
+                ok={"201": _json(ref("Webhook"), "the hook and its HMAC key (shown once)")},
+            ),
+            "delete": _op(
+                "delete_webhook", "rotations", "Remove an application's webhook", needs="admin",
+                params=(PATH,), ok={"204": {"description": "removed"}}, errors=(400, 404),
+            ),
+        },
+        "/v1/console/links": {"post": _op(
+            "console_link", "console", "A one-time console sign-in link (two minutes)",
+            ok={"201": _json(ref("ConsoleLink"), "open path once, from the same address")},
+        )},
+        "/ui/login": {"get": _op(
+            "console_login", "console", "Trade a one-time code for a console session cookie",
+            params=(
+                _param("code", "query", {"type": "string"}, "from POST /v1/console/links"),
+                _param("next", "query", {"type": "string"},
+                       "a console page to go to (/ui/rotations[/ID]); anything else is ignored"),
+            ),
+            ok={"303": {
+                "description": "signed in: the session cookie is set, on to the dashboard",
+                "headers": {"Location": {"schema": {"type": "string"}},
+                            "Set-Cookie": {"schema": {"type": "string"}}},
+            }},
+            errors=(401,), public=True,
+        )},
+        "/ui/rotations": {"get": _console("console_rotations", "The rotations page")},
+        "/ui/rotations/{id}": {"get": _console(
+            "console_rotation", "A rotation's live dashboard", (ROTATION_ID,), (404,)
+        )},
+        "/ui/rotations/{id}/events": {"get": _op(
+            "console_rotation_events", "console",
+            "Server-sent events: the rotation's JSON each time it changes, until it is final",
+            needs="view", params=(ROTATION_ID,),
+            ok={"200": {"description": "an event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+            errors=(404,),
+        ) | _CONSOLE_SECURITY},
+        "/v1/openapi.json": {"get": _op(
+            "openapi", "meta", "This document", errors=(403,),
+            ok={"200": _json(ref("OpenApi"), "OpenAPI 3.1")}, public=True,
+        )},
+        "/healthz": {"get": _op(
+            "healthz", "meta", "Liveness: PostgreSQL answers, the audit writer and LISTEN run",
+            ok={"200": _json(ref("Health"), "healthy"), "503": _json(ref("Health"), "degraded")},
+            public=True,
+        )},
+        "/metrics": {"get": _op(
+            "metrics", "meta", "Prometheus metrics",
+            ok={"200": {"description": "Prometheus text format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            public=True,
+        )},
+    }
+    # fmt: on
+
+
+# Console pages take the session cookie from /ui/login, or a bearer token.
+_CONSOLE_SECURITY: Schema = {"security": [{"consoleCookie": []}, {"bearer": []}]}
+
+
+def _console(
+    op_id: str, summary: str, params: tuple[Schema, ...] = (), errors: tuple[int, ...] = ()
+) -> Schema:
+    return (
+        _op(
+            op_id,
+            "console",
+            summary,
+            needs="view",
+            params=params,
+            errors=errors,
+            ok={
+                "200": {
+                    "description": "a server-rendered page, readable without JavaScript",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        )
+        | _CONSOLE_SECURITY
+    )
+
+
+def build() -> dict[str, Any]:
+    """Build the OpenAPI document (a fresh dict: callers may change their copy)."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "kmsd",
+            "version": __version__,
+            "summary": "Key-management metadata: secret values live only in AWS SM and KMS",
+            "description": "Every refusal is application/problem+json (RFC 9457) with a "
+            "request_id. Sign in with POST /v1/auth/aws/login, then send "
+            "Authorization: Bearer TOKEN.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "tags": [
+            {"name": name}
+            for name in (
+                "auth",
+                "access",
+                "tree",
+                "secrets",
+                "read",
+                "sharing",
+                "rotations",
+                "console",
+                "audit",
+                "iam",
+                "meta",
+            )
+        ],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the token from POST /v1/auth/aws/login",
+                },
+                "consoleCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "kmsd_console",
+                    "description": "the console session set by GET /ui/login",
+                },
+            },
+            "schemas": SCHEMAS,
+            "responses": problem_responses(),
+        },
+    }
+
+
+@functools.cache
+def document_bytes() -> bytes:
+    """The document as JSON, built once per process (it is the same for every caller)."""
+    return orjson.dumps(build())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=document_bytes(), content_type="application/json")

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
-import random
 import sys
-import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,10 +21,12 @@ from kmsd.cli.client import (
     CliError,
     forget_cached_token,
     quote_path,
+    read_input,
     save_cached_token,
 )
 from kmsd.cli.output import Subparsers, emit, print_table, read_verb
 from kmsd.cli.rotate_verbs import add_rotate_verbs
+from kmsd.cli.watch_verbs import add_watch_verbs
 from kmsd.domain.profile import USES
 
 
@@ -69,7 +69,7 @@ def cmd_node_delete(c: Client, args: argparse.Namespace) -> None:
 def cmd_secret_put(c: Client, args: argparse.Namespace) -> None:
     body: dict[str, Any]
     if args.file is not None:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        data = read_input(args.file, "--file")
         body = {"kind": "binary", "value_b64": base64.b64encode(data).decode()}
     else:
         raw = sys.stdin.read() if args.json == "-" else args.json
@@ -200,86 +200,6 @@ def cmd_effective(c: Client, args: argparse.Namespace) -> None:
     emit(args, doc, text)
 
 
-def cmd_adoption(c: Client, args: argparse.Namespace) -> None:
-    doc = c.call("GET", f"/v1/adoption/{quote_path(args.path)}")
-
-    def text(d: dict[str, Any]) -> None:
-        n = d["counts"]
-        print(
-            f"{d['path']}: {n['instances']} instance(s), {n['live']} live, {n['stale']} stale "
-            f"(stale = not seen for {d['stale_after_s']} s)"
-        )
-        rows = [
-            (
-                s["name"],
-                v["version_id"],
-                v["stage"] or "-",
-                str(v["live"]),
-                str(v["stale"]),
-                ", ".join(v["instances"]),
-            )
-            for s in d["secrets"]
-            for v in s["versions"]
-        ]
-        print_table(rows, ("SECRET", "VERSION", "STAGE", "LIVE", "STALE", "INSTANCES"))
-        if d["instances"]:
-            print()
-            print_table(
-                [
-                    (
-                        i["instance_id"],
-                        i["ip"],
-                        str(i["path_version"]),
-                        i["last_seen"],
-                        "stale" if i["stale"] else "live",
-                        ",".join(i["app_process_ids"]),
-                    )
-                    for i in d["instances"]
-                ],
-                ("INSTANCE", "IP", "PATH_VERSION", "LAST SEEN", "STATE", "PROCESSES"),
-            )
-
-    emit(args, doc, text)
-
-
-def cmd_watch(c: Client, args: argparse.Namespace) -> None:
-    """Long-poll a path and print each new version, retrying with jittered backoff."""
-    c.timeout = args.timeout + 30
-    version = args.version
-    if version is None:
-        version = c.call("GET", f"/v1/effective/{quote_path(args.path)}")["path_version"]
-    print(f"watching {args.path} from path_version={version}", file=sys.stderr, flush=True)
-    instance = args.instance_id or f"kmsctl-{os.getpid()}"
-    delay = 0.5
-    while True:
-        body = {"path": args.path, "path_version": version, "instance_id": instance}
-        try:
-            doc = c.call("POST", f"/v1/watch?timeout={args.timeout}", body)
-        except CliError as exc:
-            if "(503)" not in str(exc) and "cannot reach" not in str(exc):
-                raise
-            pause = random.uniform(0, delay)  # noqa: S311 - backoff jitter
-            print(f"kmsctl: {exc}; retrying in {pause:.1f} s", file=sys.stderr)
-            time.sleep(pause)
-            delay = min(delay * 2, 30.0)
-            continue
-        delay = 0.5
-        if doc is None:  # 304: the hold ran out with nothing new
-            continue
-        version = doc["path_version"]
-        emit(
-            args,
-            doc,
-            lambda d: print(
-                f"{d['path']} path_version={d['path_version']} "
-                f"hash={d['hash'][:16]} secrets={len(d['secrets'])}"
-            ),
-        )
-        sys.stdout.flush()
-        if args.once:
-            return
-
-
 def _add_node_verbs(sub: Subparsers) -> None:
     node = sub.add_parser("node", help="namespaces, applications and child nodes")
     nsub = node.add_subparsers(dest="verb", required=True)
@@ -406,28 +326,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.set_defaults(func=cmd_effective)
 
-    p = read_verb(sub.add_parser("adoption", help="which instances hold which versions"))
-    p.add_argument("path")
-    p.set_defaults(func=cmd_adoption)
-
-    p = read_verb(sub.add_parser("watch", help="long-poll a path and print each change"))
-    p.add_argument("path")
-    p.add_argument("--version", type=int, help="path_version you hold (default: the current one)")
-    p.add_argument("--timeout", type=int, default=90, help="hold time asked of kmsd (s)")
-    p.add_argument("--instance-id", help="reported in adoption (default kmsctl-PID)")
-    p.add_argument("--once", action="store_true", help="exit after the first change")
-    p.set_defaults(func=cmd_watch)
+    add_watch_verbs(sub)
     return parser
 
 
+# Exit statuses: 1 for every reported failure; as a shell reports death by a signal otherwise.
+EXIT_FAILED = 1
+EXIT_SIGPIPE = 128 + 13  # stdout went away (`kmsctl audit list | head -1`): quiet
+EXIT_INTERRUPTED = 128 + 2  # Ctrl-C
+
+
+def _say(message: str) -> None:
+    """One line on stderr, even if stderr itself is gone."""
+    with contextlib.suppress(OSError):
+        print(f"kmsctl: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one verb; every failure is one ``kmsctl: ...`` line on stderr, never a traceback."""
     try:
+        args = build_parser().parse_args(argv)
         args.func(Client.from_env(), args)
+        # Flush here, not at interpreter exit, so that a closed pipe is caught below.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): as the Python docs advise, point stdout at
+        # /dev/null so the flush at exit cannot fail again, and say nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_SIGPIPE
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
     except CliError as exc:
-        print(f"kmsctl: {exc}", file=sys.stderr)
-        return 1
+        _say(str(exc))
+        return EXIT_FAILED
+    except OSError as exc:  # a file or terminal error no verb turned into a sentence
+        where = f" ({exc.filename})" if exc.filename else ""
+        _say(f"{exc.strerror or exc}{where}")
+        return EXIT_FAILED
+    except Exception as exc:
+        # A bug, or an answer of a shape this kmsctl does not know (an older or newer kmsd).
+        _say(
+            f"unexpected {type(exc).__name__}: {exc} (kmsctl {_version()}, kmsd at "
+            f"{os.environ.get('KMSD_ADDR', '?')}); please report it"
+        )
+        return EXIT_FAILED
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kmsd")
+    except PackageNotFoundError:
+        return "dev"
 
 
 if __name__ == "__main__":

@@ -8,14 +8,17 @@ import json
 import shutil
 import sys
 import time
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
-from kmsd.cli.client import Client, CliError, quote_path
+from kmsd.cli.client import Client, CliError, quote_path, read_input
 from kmsd.cli.output import Subparsers, emit, read_verb
 
 BAR_WIDTH = 30
 FOLLOW_INTERVAL_S = 1.0
+FINAL_PHASES = ("done", "aborted", "rolled_back")
+# One "adoption forget" line per straggler, up to this many; the rest are in --output json.
+MAX_FORGET_HINTS = 5
 
 
 def cmd_rotate_start(c: Client, args: argparse.Namespace) -> None:
@@ -23,7 +26,7 @@ def cmd_rotate_start(c: Client, args: argparse.Namespace) -> None:
     if args.generate:
         body["generate"] = True
     elif args.file is not None:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        data = read_input(args.file, "--file")
         body["value_b64"] = base64.b64encode(data).decode()
     else:
         raw = sys.stdin.read() if args.value == "-" else args.value
@@ -77,7 +80,7 @@ def _follow(c: Client, rotation_id: int, *, live: bool) -> None:
             render_status(doc)
             sys.stdout.flush()
             last = shown
-        if doc["phase"] in ("done", "aborted", "rolled_back"):
+        if doc["phase"] in FINAL_PHASES:
             return
         time.sleep(FOLLOW_INTERVAL_S)
 
@@ -110,6 +113,7 @@ def bar(held: int, live: int, stale: int, width: int = BAR_WIDTH) -> str:
 
 def render_status(doc: dict[str, Any]) -> None:
     """The rotation as an operator reads it in a terminal: phase, gate bar, stragglers."""
+    now = datetime.now(UTC)
     width = min(BAR_WIDTH, max(10, shutil.get_terminal_size((80, 24)).columns - 40))
     flags = [f for f in ("paused", "leaked", "timed_out") if doc.get(f)]
     print(
@@ -129,14 +133,65 @@ def render_status(doc: dict[str, Any]) -> None:
         for label, rows in (("waiting for", gate["waiting"]), ("stale", gate["stale"])):
             for r in rows:
                 procs = ", ".join(f"pid {p}: {v}" for p, v in r["processes"].items())
+                goes_stale = (
+                    f"  stale {_when(r['stale_at'], now)}"
+                    if label == "waiting for" and r.get("stale_at")
+                    else ""
+                )
                 print(
                     f"    {label:<11} {r['instance_id']} ({r['role']}, {r['path']}, {r['ip']}) "
                     f"serves {r['current']} last seen {r['last_seen'][:19]}"
+                    + goes_stale
                     + (f"  [{procs}]" if procs else "")
                 )
+        if not gate["met"] and gate["waiting"] and doc["phase"] not in FINAL_PHASES:
+            _print_hints(doc["id"], gate["waiting"])
     for e in doc.get("events", [])[-5:]:
         forced = " FORCED" if e["forced"] else ""
         print(f"  {e['at'][:19]}  {e['action']}{forced}  by {e['actor']}")
+
+
+def _when(iso: str, now: datetime) -> str:
+    """``at 12:03:04 (in 4m10s)`` for an ISO time; the text as given if it does not parse."""
+    try:
+        at = datetime.fromisoformat(iso)
+    except ValueError:
+        return f"at {iso}"
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    left = int((at - now).total_seconds())
+    clock = at.astimezone(UTC).strftime("%H:%M:%S UTC")
+    if left <= 0:
+        return f"at {clock} (due now)"
+    minutes, seconds = divmod(left, 60)
+    hours, minutes = divmod(minutes, 60)
+    span = (
+        f"{hours}h{minutes:02d}m"
+        if hours
+        else f"{minutes}m{seconds:02d}s"
+        if minutes
+        else f"{seconds}s"
+    )
+    return f"at {clock} (in {span})"
+
+
+def _print_hints(rotation_id: int, waiting: list[dict[str, Any]]) -> None:
+    """What the operator can do about a gate that waits: wait, force it, or forget the gone."""
+    print("  the gate waits for the instances above; you can:")
+    if any(r.get("stale_at") for r in waiting):
+        print("    wait: a straggler that no longer polls stops counting when it goes stale")
+    print(f"    kmsctl rotate advance {rotation_id} --force    go on without them (audited)")
+    shown = waiting[:MAX_FORGET_HINTS]
+    for r in shown:
+        print(
+            f"    kmsctl adoption forget {r['path']} {r['instance_id']}"
+            "    drop an instance that is gone"
+        )
+    if len(waiting) > len(shown):
+        print(
+            f"    ... and {len(waiting) - len(shown)} more "
+            f"(kmsctl rotate status {rotation_id} --output json)"
+        )
 
 
 def cmd_app_webhook(c: Client, args: argparse.Namespace) -> None:

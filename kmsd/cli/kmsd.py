@@ -1,9 +1,16 @@
-"""``kmsd serve | migrate | dev``."""
+"""``kmsd serve | migrate | dev``.
+
+Start-up failures an operator can act on (configuration, a database that stays unreachable or
+refuses kmsd, a port in use) end the process with one ``kmsd: ...`` line on stderr and a
+non-zero status, never a traceback. Anything unexpected is also one line, with the traceback
+kept in the structured log (one JSON line) for whoever debugs it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
@@ -15,6 +22,7 @@ from aiohttp import web
 
 from kmsd.app import create_app
 from kmsd.config import DEFAULT_PORT, Settings
+from kmsd.db.connect import DatabaseStartError, describe, redact_dsn, wait_for_database
 from kmsd.db.migrate import migrate
 from kmsd.domain.profile import load_profile
 from kmsd.errors import ConfigError
@@ -23,6 +31,17 @@ from kmsd.logs import configure
 log = structlog.get_logger("kmsd")
 
 LISTEN_BACKLOG = 4096
+# How long serve and migrate wait for PostgreSQL to accept a connection: long enough for a
+# database started beside kmsd (compose, a pod, a reboot), short enough that a wrong address
+# is reported within a minute.
+DEFAULT_WAIT_DB_S = 60.0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 128 + 2
+
+
+class StartupFailed(Exception):
+    """kmsd could not start; the message is the one line the operator reads."""
 
 
 async def serve_until_signalled(
@@ -34,7 +53,15 @@ async def serve_until_signalled(
     runner = web.AppRunner(
         create_app(settings), access_log=None, handle_signals=False, handler_cancellation=True
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The database went away again, or refused a migration: what we know, in one line.
+        await _cleanup_quietly(runner)
+        raise StartupFailed(
+            f"start-up failed: {describe(exc, settings.database_url)} "
+            f"({redact_dsn(settings.database_url)})"
+        ) from None
     # Everything built so far (modules, botocore's service models, the app) lives as long as
     # the process: take it out of the collector's sight, so that full collections with
     # 10,000 held polls scan only what the polls allocate (bench/README.md: 0.4 s pauses).
@@ -43,7 +70,13 @@ async def serve_until_signalled(
     # A fleet reconnecting after a restart arrives at once; the default backlog (128) drops
     # connects and costs each dropped client a one-second SYN retry.
     site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=LISTEN_BACKLOG)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await _cleanup_quietly(runner)
+        raise StartupFailed(
+            f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}"
+        ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,44 +91,106 @@ async def serve_until_signalled(
     await runner.cleanup()
 
 
-async def _migrate_only(settings: Settings) -> None:
-    conn = await asyncpg.connect(settings.database_url)
+async def _cleanup_quietly(runner: web.AppRunner) -> None:
+    """Close what start-up opened; a second failure must not hide the first."""
+    with contextlib.suppress(Exception):
+        await runner.cleanup()
+
+
+async def _serve(settings: Settings, wait_db_s: float) -> None:
+    await wait_for_database(settings.database_url, wait_db_s)
+    await serve_until_signalled(settings)
+
+
+async def _migrate_only(settings: Settings, wait_db_s: float) -> None:
+    await wait_for_database(settings.database_url, wait_db_s)
     try:
-        applied = await migrate(conn)
-    finally:
-        await conn.close()
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StartupFailed(f"migration failed: {describe(exc, settings.database_url)}") from None
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kmsd", description=__doc__)
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("give zero (one attempt) or a positive number")
+    return value
+
+
+def _say(message: str) -> None:
+    with contextlib.suppress(OSError):
+        print(f"kmsd: {message}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kmsd", description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run kmsd (configuration from KMSD_* environment variables)")
-    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    serve = sub.add_parser(
+        "serve", help="run kmsd (configuration from KMSD_* environment variables)"
+    )
+    mig = sub.add_parser("migrate", help="apply pending database migrations and exit")
+    for p in (serve, mig):
+        p.add_argument(
+            "--wait-db",
+            type=_seconds,
+            default=DEFAULT_WAIT_DB_S,
+            metavar="SECONDS",
+            help="keep trying to reach PostgreSQL this long before giving up "
+            f"(default {DEFAULT_WAIT_DB_S:g}; 0: one attempt)",
+        )
     dev = sub.add_parser("dev", help="run kmsd with embedded PostgreSQL and moto's AWS server")
     dev.add_argument("--port", type=int, default=DEFAULT_PORT)
     dev.add_argument("--data-dir", default="./.kmsd-dev")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "dev":
         from kmsd.cli.dev import run_dev
 
-        return run_dev(args.port, args.data_dir)
+        try:
+            return run_dev(args.port, args.data_dir)
+        except StartupFailed as exc:
+            _say(str(exc))
+            return EXIT_FAILED
     try:
         settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"kmsd: {exc}", file=sys.stderr)
-        return 2
-    try:
         load_profile(settings.security_profile)  # refuse to start on a broken profile
     except ConfigError as exc:
-        print(f"kmsd: {exc}", file=sys.stderr)
-        return 2
+        _say(str(exc))
+        return EXIT_CONFIG
     configure(settings.log_format)
-    if args.command == "migrate":
-        asyncio.run(_migrate_only(settings))
-        return 0
-    asyncio.run(serve_until_signalled(settings))
+    start = _migrate_only if args.command == "migrate" else _serve
+    try:
+        asyncio.run(start(settings, args.wait_db))
+    except (DatabaseStartError, StartupFailed, ConfigError) as exc:
+        # ConfigError here: a migration file whose checksum differs from the one applied.
+        _say(str(exc))
+        return EXIT_FAILED
+    except Exception as exc:
+        log.exception("startup_failed", error=type(exc).__name__)
+        _say(
+            f"failed: {describe(exc, settings.database_url)} "
+            "(the startup_failed log line has the traceback)"
+        )
+        return EXIT_FAILED
     return 0
 
 

@@ -570,7 +570,6 @@ class _DeliveryHandler(BaseHTTPRequestHandler):
 
 
 def host_agent(
-    ops: Ops,
     host: Identity,
     kmsd: Replica,
     moto_endpoint: str,

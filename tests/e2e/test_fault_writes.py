@@ -78,9 +78,7 @@ class Rig:
     def agent(self, name: str) -> AgentProcess:
         host: Identity = self.make_user(f"{name}-{self.workdir.name[-10:]}")
         self.ops("app", "bind", APP, "--role", host.arn)
-        agent = host_agent(
-            self.ops, host, self.kmsd, self.moto, self.workdir / name, APP, instance_id=name
-        )
+        agent = host_agent(host, self.kmsd, self.moto, self.workdir / name, APP, instance_id=name)
         self.agents.append(agent)
         return agent.wait_ready()
 

@@ -48,15 +48,14 @@ from kmsd.keys import (
     WAKER,
 )
 from kmsd.metrics import Metrics
-from kmsd.services import writes
-from kmsd.services.rotations import Rotations
+from kmsd.services import reconcile
+from kmsd.services.leadership import Leadership
+from kmsd.services.rotation import Rotations
 from kmsd.services.scheduler import Scheduler
 from kmsd.tasks import cancel_quietly, supervise
 
 log = structlog.get_logger(__name__)
 
-# How often the outbox is swept for writes whose metadata was not recorded.
-RECONCILE_INTERVAL_S = 60.0
 # Bodies over 1 MiB are refused (413) before they are read; SM's own 64 KiB value limit is
 # checked separately with a message of its own.
 CLIENT_MAX_SIZE = 1024 * 1024
@@ -70,7 +69,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(
-        settings.database_url, min_size=1, max_size=settings.db_pool_max
+        settings.database_url,
+        min_size=1,
+        max_size=settings.db_pool_max,
+        # Named so an operator (or a test) can tell kmsd's connections apart in pg_stat_activity.
+        server_settings={"application_name": f"kmsd/{settings.replica_id}"},
     )
     app[POOL] = pool
     app[BINDINGS] = BindingsCache(pool)
@@ -89,16 +92,22 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _reconciler(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    min_age = timedelta(seconds=settings.reconcile_min_age_s)
+
     async def loop() -> None:
+        cursor = 0
         while True:
             try:
-                await writes.reconcile(app[POOL], app[SM])
+                await reconcile.reconcile(app[POOL], app[SM], min_age)
+                if app[SCHEDULER].leader:  # one replica sweeps SM's labels
+                    cursor, _ = await reconcile.sweep_labels(app[POOL], app[SM], cursor)
                 # Housekeeping rides along: expired sessions, forgotten adoption reports.
                 await app[POOL].execute(sessions.PURGE_EXPIRED)
                 await app[POOL].execute(adoption_db.PRUNE, adoption_db.FORGET_AFTER)
             except Exception:
                 log.exception("reconcile_failed")
-            await asyncio.sleep(RECONCILE_INTERVAL_S)
+            await asyncio.sleep(settings.reconcile_interval_s)
 
     task = asyncio.create_task(loop(), name="kmsd-reconciler")
     yield
@@ -123,6 +132,9 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
         app[CLOCK],
         metrics,
         invalidations={bindings_db.CHANNEL: app[BINDINGS].invalidate},
+        replica=settings.replica_id,
+        ping_s=settings.listen_ping_s,
+        ping_timeout_s=settings.listen_ping_timeout_s,
     )
     await waker.start()
     adoption = AdoptionBuffer(pool, settings.replica_id, metrics)
@@ -164,7 +176,12 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     )
     app[ROTATIONS] = rotations
     scheduler = Scheduler(
-        dsn=settings.database_url,
+        leadership=Leadership(
+            settings.database_url,
+            settings.replica_id,
+            app[METRICS],
+            check_timeout_s=settings.listen_ping_timeout_s,
+        ),
         pool=app[POOL],
         sm=app[SM],
         kms=app[KMS],

@@ -27,6 +27,20 @@ MAX_WATCH_HOLD_S = 180
 DEFAULT_ADOPTION_FLUSH_S = 1.0
 # Signed sign-in requests older (or newer) than this are refused, as Vault does.
 DEFAULT_LOGIN_MAX_SKEW_S = 15 * 60
+# AWS calls: a write must fail well inside a typical 60 s proxy timeout, so one call, with
+# botocore's retries, is cut off after the call timeout (connect and read bound each attempt).
+DEFAULT_AWS_CONNECT_TIMEOUT_S = 3.0
+DEFAULT_AWS_READ_TIMEOUT_S = 10.0
+DEFAULT_AWS_CALL_TIMEOUT_S = 20.0
+MAX_AWS_CALL_TIMEOUT_S = 29.0
+# Outbox: swept this often; an intent is resolved once it is older than any write in flight
+# can be (the AWS call timeout, with margin).
+DEFAULT_RECONCILE_INTERVAL_S = 60.0
+DEFAULT_RECONCILE_MIN_AGE_S = 120.0
+# The LISTEN connection is pinged this often and declared dead when a ping takes longer
+# than the timeout: a frozen backend or a silent network drop is noticed within seconds.
+DEFAULT_LISTEN_PING_S = 2.0
+DEFAULT_LISTEN_PING_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,13 @@ class Settings:
     rotation_lead_days: int = 14
     scheduler_tick_s: float = 5.0
     rotation_tick_s: float = 1.0  # how often the leader checks rotation gates
+    aws_connect_timeout_s: float = DEFAULT_AWS_CONNECT_TIMEOUT_S
+    aws_read_timeout_s: float = DEFAULT_AWS_READ_TIMEOUT_S
+    aws_call_timeout_s: float = DEFAULT_AWS_CALL_TIMEOUT_S
+    reconcile_interval_s: float = DEFAULT_RECONCILE_INTERVAL_S
+    reconcile_min_age_s: float = DEFAULT_RECONCILE_MIN_AGE_S
+    listen_ping_s: float = DEFAULT_LISTEN_PING_S
+    listen_ping_timeout_s: float = DEFAULT_LISTEN_PING_TIMEOUT_S
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -120,6 +141,25 @@ class Settings:
             ),
             scheduler_tick_s=_seconds(env.get("KMSD_SCHEDULER_TICK", "5"), "KMSD_SCHEDULER_TICK"),
             rotation_tick_s=_seconds(env.get("KMSD_ROTATION_TICK", "1"), "KMSD_ROTATION_TICK"),
+            aws_connect_timeout_s=_env_seconds(
+                env, "KMSD_AWS_CONNECT_TIMEOUT", DEFAULT_AWS_CONNECT_TIMEOUT_S
+            ),
+            aws_read_timeout_s=_env_seconds(
+                env, "KMSD_AWS_READ_TIMEOUT", DEFAULT_AWS_READ_TIMEOUT_S
+            ),
+            aws_call_timeout_s=_env_seconds(
+                env, "KMSD_AWS_CALL_TIMEOUT", DEFAULT_AWS_CALL_TIMEOUT_S
+            ),
+            reconcile_interval_s=_env_seconds(
+                env, "KMSD_RECONCILE_INTERVAL", DEFAULT_RECONCILE_INTERVAL_S
+            ),
+            reconcile_min_age_s=_env_seconds(
+                env, "KMSD_RECONCILE_MIN_AGE", DEFAULT_RECONCILE_MIN_AGE_S
+            ),
+            listen_ping_s=_env_seconds(env, "KMSD_LISTEN_PING", DEFAULT_LISTEN_PING_S),
+            listen_ping_timeout_s=_env_seconds(
+                env, "KMSD_LISTEN_PING_TIMEOUT", DEFAULT_LISTEN_PING_TIMEOUT_S
+            ),
         )
         for pattern in settings.admins:
             try:
@@ -132,7 +172,18 @@ class Settings:
             raise ConfigError("KMSD_SM_RECOVERY_WINDOW_DAYS must be between 7 and 30 (SM's range)")
         if settings.log_format not in ("json", "console"):
             raise ConfigError("KMSD_LOG_FORMAT must be 'json' or 'console'")
+        if settings.aws_call_timeout_s > MAX_AWS_CALL_TIMEOUT_S:
+            raise ConfigError(
+                f"KMSD_AWS_CALL_TIMEOUT must be at most {MAX_AWS_CALL_TIMEOUT_S:g} s: a write "
+                "must fail inside a proxy's 60 s timeout, with time to record the outcome"
+            )
+        if settings.aws_connect_timeout_s > settings.aws_call_timeout_s:
+            raise ConfigError("KMSD_AWS_CONNECT_TIMEOUT must not exceed KMSD_AWS_CALL_TIMEOUT")
         return settings
+
+
+def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    return _seconds(env.get(name, f"{default:g}"), name)
 
 
 def _seconds(raw: str, name: str) -> float:

@@ -101,6 +101,12 @@ class Unavailable(KmsError):
     code = "unavailable"
     title = "Service unavailable"
     http_status = 503
+    # Clients back off this long (seconds) before trying again, any replica.
+    retry_after_s: ClassVar[int] = 2
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers = {"Retry-After": str(self.retry_after_s)}
 
 
 class ShuttingDown(Unavailable):
@@ -125,3 +131,10 @@ class ShuttingDown(Unavailable):
 
 class ConfigError(Exception):
     """Start-up configuration is missing or malformed (never reaches HTTP)."""
+
+
+class FencedOut(Conflict):
+    """A leader-only change from a replica that is no longer the leader (its epoch is old)."""
+
+    code = "fenced"
+    title = "Not the leader"

@@ -17,7 +17,7 @@ from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
 from kmsd.metrics import Metrics
-from kmsd.services.rotations import Rotations
+from kmsd.services.rotation import Rotations
 from kmsd.services.scheduler import Scheduler
 
 SETTINGS = web.AppKey("settings", Settings)

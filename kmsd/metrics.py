@@ -67,6 +67,17 @@ class Metrics:
             "1 while this replica runs the rotation scheduler",
             registry=self.registry,
         )
+        self.scheduler_epoch = Gauge(
+            "kmsd_scheduler_epoch",
+            "The leadership epoch this replica holds (0 when it does not lead)",
+            registry=self.registry,
+        )
+        self.leadership_lost = Counter(
+            "kmsd_scheduler_leadership_lost_total",
+            "Times this replica stopped leading, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.expiring_hand_made = Gauge(
             "kmsd_secrets_expiring_hand_made",
             "Hand-made secrets expiring within the report window (they cannot rotate themselves)",

@@ -10,12 +10,14 @@ for any other place that creates an AWS client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.exceptions import ReadTimeoutError
 
 from kmsd.config import Settings
 
@@ -38,11 +40,51 @@ ALLOWED_OPERATIONS: dict[str, frozenset[str]] = {
 }
 
 # One retry layer (botocore's), explicit: a few quick attempts, then the caller sees a 502.
-AWS_CONFIG = AioConfig(
-    retries={"max_attempts": 3, "mode": "standard"},
-    connect_timeout=5,
-    read_timeout=15,
-)
+MAX_ATTEMPTS = 3
+
+
+def aws_config(settings: Settings) -> AioConfig:
+    """botocore's own bounds: each attempt's connect and read timeouts, and its retries."""
+    return AioConfig(
+        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        connect_timeout=settings.aws_connect_timeout_s,
+        read_timeout=settings.aws_read_timeout_s,
+    )
+
+
+class BoundedClient:
+    """``client`` with every operation cut off after ``timeout`` seconds, retries included.
+
+    botocore bounds each attempt, not the sum of attempts and back-offs: three read timeouts
+    of 10 s would keep a write waiting 30 s and more. A call that runs out raises botocore's
+    ``ReadTimeoutError``, which callers already treat as "connected, then lost" (for a write:
+    SM may hold the version, so the outbox decides).
+    """
+
+    def __init__(self, client: Any, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._operations = frozenset(client.meta.method_to_api_mapping)
+
+    @property
+    def meta(self) -> Any:
+        return self._client.meta
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in self._operations:
+            return attr
+        return self._bounded(attr)
+
+    def _bounded(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(**kwargs: Any) -> Any:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return await call(**kwargs)
+            except TimeoutError:
+                raise ReadTimeoutError(endpoint_url=self._client.meta.endpoint_url) from None
+
+        return run
 
 
 class ForbiddenOperation(RuntimeError):
@@ -70,7 +112,7 @@ async def aws_client(service: str, settings: Settings) -> AsyncIterator[Any]:
         raise ForbiddenOperation(f"kmsd has no business with AWS {service}")
     endpoint = settings.sts_endpoint if service == "sts" else settings.aws_endpoint_url
     async with get_session().create_client(
-        service, region_name=settings.aws_region, endpoint_url=endpoint, config=AWS_CONFIG
+        service, region_name=settings.aws_region, endpoint_url=endpoint, config=aws_config(settings)
     ) as client:
         guard(client)
-        yield client
+        yield BoundedClient(client, settings.aws_call_timeout_s)

@@ -101,19 +101,24 @@ class SecretsWriter:
             await self._sm.restore_secret(SecretId=sm_name)
         log.info("sm_secret_adopted", sm_name=sm_name)
 
-    async def has_version(self, sm_name: str, version_id: str) -> str | None:
-        """Return the secret's ARN if SM holds ``version_id`` of it, else None."""
+    async def versions(self, sm_name: str) -> tuple[str, dict[str, list[str]]] | None:
+        """The secret's ARN and every version it holds with its labels; None if there is none.
+
+        Unlabelled (deprecated) versions are included with no labels: the reconciler needs to
+        know that SM holds a version even when it serves nothing.
+        """
         kwargs: dict[str, Any] = {"SecretId": sm_name, "IncludeDeprecated": True}
+        out: dict[str, list[str]] = {}
         try:
             # Ask whether the secret exists first: moto 5.2.5 answers ListSecretVersionIds on
             # a missing secret with a 500 instead of ResourceNotFoundException.
             await self._sm.describe_secret(SecretId=sm_name)
             while True:
                 page = await self._sm.list_secret_version_ids(**kwargs)
-                if any(v["VersionId"] == version_id for v in page.get("Versions", [])):
-                    return str(page["ARN"])
+                for v in page.get("Versions", []):
+                    out[v["VersionId"]] = list(v.get("VersionStages", []))
                 if not page.get("NextToken"):
-                    return None
+                    return str(page["ARN"]), out
                 kwargs["NextToken"] = page["NextToken"]
         except ClientError as exc:
             if _code(exc) == "ResourceNotFoundException":

@@ -1,7 +1,7 @@
 """Rotation rows, their events and the webhook outbox (SQL and small helpers).
 
 Shared by the write path (a rotation starts in the transaction that records its pending
-version) and the rotation service (``kmsd.services.rotations``).
+version) and the rotation service (``kmsd.services.rotation``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ class InstanceReport:
     replica: str
     last_seen: datetime
     processes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    role: str = "serving"
 
 
 def summarise(
@@ -38,7 +39,13 @@ def summarise(
     now: datetime,
     stale_after: timedelta,
 ) -> dict[str, Any]:
-    """Group instances by secret and version, with live and stale counts."""
+    """Group serving instances by secret and version, with live and stale counts.
+
+    Observers (``role`` observer: kmsctl watch, dashboards) hold nothing: they are listed apart
+    and counted apart, never among the instances that hold a version.
+    """
+    observers = [r for r in reports if r.role == "observer"]
+    reports = [r for r in reports if r.role != "observer"]
     stale = {r.instance_id: now - r.last_seen > stale_after for r in reports}
     stages = {
         (s["name"], v["version_id"]): v["stage"] for s in effective_secrets for v in s["versions"]
@@ -66,24 +73,29 @@ def summarise(
     return {
         "path": path,
         "stale_after_s": int(stale_after.total_seconds()),
-        "instances": [
-            {
-                "instance_id": r.instance_id,
-                "principal": r.principal,
-                "ip": r.ip,
-                "app_process_ids": list(r.app_process_ids),
-                "processes": {pid: dict(seen) for pid, seen in r.processes.items()},
-                "path_version": r.path_version,
-                "replica": r.replica,
-                "last_seen": r.last_seen.isoformat(),
-                "stale": stale[r.instance_id],
-            }
-            for r in reports
-        ],
+        "instances": [_row(r, now, stale_after) for r in reports],
+        "observers": [_row(r, now, stale_after) for r in observers],
         "counts": {
             "instances": len(reports),
             "live": sum(1 for v in stale.values() if not v),
             "stale": sum(1 for v in stale.values() if v),
+            "observers": len(observers),
         },
         "secrets": secrets,
+    }
+
+
+def _row(r: InstanceReport, now: datetime, stale_after: timedelta) -> dict[str, Any]:
+    return {
+        "instance_id": r.instance_id,
+        "role": r.role,
+        "principal": r.principal,
+        "ip": r.ip,
+        "app_process_ids": list(r.app_process_ids),
+        "processes": {pid: dict(seen) for pid, seen in r.processes.items()},
+        "path_version": r.path_version,
+        "replica": r.replica,
+        "last_seen": r.last_seen.isoformat(),
+        "stale": now - r.last_seen > stale_after,
+        "stale_at": (r.last_seen + stale_after).isoformat(),
     }

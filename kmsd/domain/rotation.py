@@ -17,7 +17,7 @@ A rotation replaces a secret's current version without breaking anyone::
 
 "Live" is decided from adoption reports within a staleness window: a stale instance is listed
 apart and never counted as holding anything. Nothing here does I/O: the driver in
-``kmsd.services.rotations`` loads a :class:`Rotation` and the gate inputs, asks this module what
+``kmsd.services.rotation`` loads a :class:`Rotation` and the gate inputs, asks this module what
 to do, and applies the answer (metadata stages, SM labels, path versions) with I/O.
 """
 
@@ -93,6 +93,7 @@ class GateStatus:
     held: tuple[Instance, ...]
     waiting: tuple[Instance, ...]  # live and not holding: the stragglers
     stale: tuple[Instance, ...]  # silent past the window: listed, never counted
+    stale_after: timedelta = timedelta(0)  # the window: a straggler stops counting then
 
     @property
     def met(self) -> bool:
@@ -108,6 +109,7 @@ class GateStatus:
                 "current": i.current,
                 "ip": i.ip,
                 "last_seen": i.last_seen.isoformat(),
+                "stale_at": (i.last_seen + self.stale_after).isoformat(),
                 "processes": dict(i.processes),
             }
 
@@ -151,7 +153,7 @@ def gate_status(
             held.append(inst)
         else:
             waiting.append(inst)
-    return GateStatus(gate, target, tuple(held), tuple(waiting), tuple(stale))
+    return GateStatus(gate, target, tuple(held), tuple(waiting), tuple(stale), stale_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,17 +294,21 @@ def next_label_op(
     current version; SM then moves AWSPREVIOUS by itself, so the caller describes the secret
     again after every call and asks for the next one (idempotent after a crash).
     """
-    holder = {label: vid for vid, labels in actual.items() for label in labels}
-    want_current = desired.get(CURRENT)
-    if want_current is not None and holder.get(CURRENT) != want_current:
-        return LabelOp(CURRENT, want_current, holder.get(CURRENT))
-    for label in (PENDING, PREVIOUS, REVOKED):
+    holders: dict[str, list[str]] = {}
+    for vid, labels in sorted(actual.items()):
+        for label in labels:
+            holders.setdefault(label, []).append(vid)
+    for label in (CURRENT, PENDING, PREVIOUS, REVOKED):
         want = desired.get(label)
-        if want is not None and holder.get(label) != want:
-            return LabelOp(label, want, holder.get(label))
-    for label in (PENDING, PREVIOUS, REVOKED):
-        if desired.get(label) is None and holder.get(label) is not None:
-            return LabelOp(label, None, holder[label])
+        have = holders.get(label, [])
+        if want is not None and have != [want]:
+            # Moved from a holder that is not the target (a label on two versions, which a
+            # misbehaving client can cause, loses one holder per call).
+            others = [v for v in have if v != want]
+            return LabelOp(label, want, others[0] if others else None)
+    for label in (PENDING, PREVIOUS, REVOKED):  # AWSCURRENT is never taken away, only moved
+        if desired.get(label) is None and holders.get(label):
+            return LabelOp(label, None, holders[label][0])
     return None
 
 

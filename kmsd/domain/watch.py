@@ -15,8 +15,20 @@ MAX_PROCESS_IDS = 1024
 MAX_HELD = 1000
 MAX_VERSIONS_PER_SECRET = 64  # data keys keep every period's key; SM secrets offer three
 WATCH_FIELDS = frozenset(
-    {"path", "path_version", "instance_id", "app_process_ids", "held", "processes", "versions"}
+    {
+        "path",
+        "path_version",
+        "instance_id",
+        "app_process_ids",
+        "held",
+        "processes",
+        "versions",
+        "role",
+    }
 )
+# Serving instances (agents) hold values and count in rotation gates; observers (kmsctl watch,
+# dashboards) only watch: they are listed apart and never waited for.
+ROLES = ("serving", "observer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +43,7 @@ class WatchRequest:
     # Every version of each secret the instance holds (current, and the owner's pending and
     # previous): a rotation's first gate asks whether the pending one is among them.
     versions: dict[str, list[str]] = field(default_factory=dict)
+    role: str = "serving"
 
 
 def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
@@ -72,15 +85,10 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
     if len(clean_pids) > MAX_PROCESS_IDS:
         raise InvalidInput(f"at most {MAX_PROCESS_IDS} app process ids per instance")
     versions = _versions(doc.get("versions", {}))
-    return WatchRequest(
-        path,
-        version,
-        instance,
-        tuple(clean_pids),
-        held,
-        reads,
-        versions,
-    )
+    role = doc.get("role", "serving")
+    if role not in ROLES:
+        raise InvalidInput("'role' must be 'serving' (an agent holding values) or 'observer'")
+    return WatchRequest(path, version, instance, tuple(clean_pids), held, reads, versions, role)
 
 
 def _versions(versions: Any) -> dict[str, list[str]]:

@@ -41,6 +41,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/effective/{path}"): "effective.read",
     ("POST", "/v1/watch"): "watch",
     ("GET", "/v1/adoption/{path}"): "adoption.read",
+    ("DELETE", "/v1/adoption/{path}"): "adoption.forget",
     ("GET", "/v1/bindings"): "binding.list",
     ("POST", "/v1/bindings"): "binding.grant",
     ("DELETE", "/v1/bindings/{id}"): "binding.revoke",

@@ -17,9 +17,10 @@ from kmsd.domain.access import ROOT
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
-from kmsd.http.common import AUDIT_TARGET, json_body, json_response
+from kmsd.http.common import AUDIT_TARGET, flag, json_body, json_response
 from kmsd.keys import POOL, ROTATIONS, SETTINGS
-from kmsd.services import rotations, webhooks
+from kmsd.services import rotation as rotations
+from kmsd.services import webhooks
 
 _DROP_UNDELIVERED = "DELETE FROM webhook_deliveries WHERE app_path = $1 AND delivered_at IS NULL"
 START_FIELDS = frozenset(
@@ -99,9 +100,12 @@ def _value(doc: dict[str, Any]) -> str | bytes | None:
         if not isinstance(doc["value"], dict):
             raise InvalidInput("'value' must be a JSON object")
         return orjson.dumps(doc["value"]).decode()
+    raw = doc["value_b64"]
+    if not isinstance(raw, str):
+        raise InvalidInput("'value_b64' must be a string: the new value's bytes in base64")
     try:
-        return base64.b64decode(str(doc["value_b64"]), validate=True)
-    except binascii.Error:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: text that is not ASCII
         raise InvalidInput("'value_b64' is not valid base64") from None
 
 
@@ -110,7 +114,7 @@ async def list_rotations(request: web.Request) -> web.Response:
     if path is not None:
         path = str(NodePath.parse(path))
     await authorize(request, "view", path or ROOT)
-    active = request.query.get("active", "false").lower() in ("1", "true", "yes")
+    active = flag(request, "active")
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:

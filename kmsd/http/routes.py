@@ -8,6 +8,7 @@ import binascii
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from kmsd.http.common import flag, json_body, json_response
 from kmsd.http.console import setup_console_routes
 from kmsd.http.rotations import setup_rotation_routes
 from kmsd.http.sharing import setup_sharing_routes
-from kmsd.http.watch import adoption, watch
+from kmsd.http.watch import adoption, forget_instance, watch
 from kmsd.keys import AUDIT, CLOCK, KMS, METRICS, POOL, PROFILE, SETTINGS, SM, WAKER
 from kmsd.services import datakeys, writes
 from kmsd.services.keygen import generate
@@ -314,11 +315,20 @@ async def expiring(request: web.Request) -> web.Response:
     )
 
 
+# A health check that hangs is no answer: a frozen database is reported as down in time.
+HEALTH_DB_TIMEOUT_S = 2.0
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Healthy only if PostgreSQL answers, the audit writer runs and LISTEN is connected."""
-    await request.app[POOL].fetchval("SELECT 1")
+    try:
+        async with asyncio.timeout(HEALTH_DB_TIMEOUT_S):
+            await request.app[POOL].fetchval("SELECT 1")
+        database = True
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        database = False
     checks = {
-        "database": True,
+        "database": database,
         "audit_writer": request.app[AUDIT].running,
         "listen": request.app[WAKER].connected.is_set(),
     }
@@ -423,6 +433,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/effective/{path:.+}", effective)
     app.router.add_post("/v1/watch", watch)
     app.router.add_get("/v1/adoption/{path:.+}", adoption)
+    app.router.add_delete("/v1/adoption/{path:.+}", forget_instance)
     app.router.add_get("/v1/iam-policy/app/{path:.+}", iam.app)
     app.router.add_get("/v1/iam-policy/server", iam.server)
     app.router.add_get("/v1/audit", audit_list)

@@ -1,4 +1,4 @@
-"""``POST /v1/watch`` (long poll) and ``GET /v1/adoption/{path}``."""
+"""``POST /v1/watch`` (long poll), ``GET /v1/adoption/{path}`` and forgetting an instance."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from aiohttp import web
 from kmsd.domain.adoption import STALE_AFTER_HOLDS, InstanceReport, summarise
 from kmsd.domain.names import NodePath
 from kmsd.domain.watch import WATCH_FIELDS, parse_timeout, parse_watch
-from kmsd.errors import NotFound
+from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.audit import audit_now
 from kmsd.http.common import AUDIT_TARGET, CLIENT_IP, json_body, json_response, principal
-from kmsd.hub.adoption import ROWS_OF_PATH, Report
+from kmsd.hub.adoption import FORGET, ROWS_OF_PATH, Report
 from kmsd.hub.hub import TIMEOUT, Snapshot
 from kmsd.hub.index import Waiter
 from kmsd.keys import ADOPTION, CLOCK, HUB, POOL, SETTINGS
@@ -47,6 +47,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
             seen_at=request.app[CLOCK].now(),
             processes=req.processes,
             versions=req.versions,
+            role=req.role,
         )
     )
     parked = await hub.park(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)
@@ -84,6 +85,7 @@ async def adoption(request: web.Request) -> web.Response:
             path_version=r["path_version"],
             replica=r["replica"],
             last_seen=r["last_seen"],
+            role=r["role"],
         )
         for r in rows
     ]
@@ -97,3 +99,22 @@ async def adoption(request: web.Request) -> web.Response:
             stale_after=timedelta(seconds=STALE_AFTER_HOLDS * settings.watch_max_hold_s),
         )
     )
+
+
+async def forget_instance(request: web.Request) -> web.Response:
+    """``DELETE /v1/adoption/{path}?instance=ID``: forget an instance that is gone.
+
+    A rotation gate waits for every live serving instance; one that died without a goodbye
+    would hold the gate until it goes stale. Forgetting it (audited, ``rotate`` on the path)
+    lets the gate go on. An instance still polling simply reports again.
+    """
+    path = NodePath.parse(request.match_info["path"])
+    instance = request.query.get("instance", "")
+    if not instance:
+        raise InvalidInput("give the instance to forget: ?instance=ID (see kmsctl adoption PATH)")
+    request[AUDIT_TARGET] = f"{path} instance {instance}"
+    await authorize(request, "rotate", str(path))
+    request.app[ADOPTION].forget(str(path), instance)
+    if await request.app[POOL].fetchval(FORGET, str(path), instance) is None:
+        raise NotFound(f"no instance {instance!r} has reported on {str(path)!r}")
+    return json_response({"path": str(path), "instance_id": instance, "forgotten": True})

@@ -23,16 +23,16 @@ log = structlog.get_logger(__name__)
 
 FLUSH = """
 INSERT INTO adoption (path, instance_id, principal, ip, app_process_ids, held, processes,
-                      versions, path_version, replica, last_seen)
+                      versions, path_version, replica, last_seen, role)
 SELECT r.path, r.instance_id, r.principal, r.ip,
        ARRAY(SELECT jsonb_array_elements_text(r.pids)), r.held, r.processes, r.versions,
-       r.path_version, $11, r.last_seen
+       r.path_version, $11, r.last_seen, r.role
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-            $7::jsonb[], $8::jsonb[], $9::bigint[], $10::timestamptz[])
+            $7::jsonb[], $8::jsonb[], $9::bigint[], $10::timestamptz[], $12::text[])
      AS r(path, instance_id, principal, ip, pids, held, processes, versions, path_version,
-          last_seen)
+          last_seen, role)
 ON CONFLICT (path, instance_id) DO UPDATE
-SET principal = EXCLUDED.principal, ip = EXCLUDED.ip,
+SET principal = EXCLUDED.principal, ip = EXCLUDED.ip, role = EXCLUDED.role,
     app_process_ids = EXCLUDED.app_process_ids, held = EXCLUDED.held,
     processes = EXCLUDED.processes, versions = EXCLUDED.versions,
     path_version = EXCLUDED.path_version, replica = EXCLUDED.replica,
@@ -46,9 +46,10 @@ WHERE adoption.last_seen <= EXCLUDED.last_seen
 ROWS_OF_PATH = """
 SELECT instance_id, principal, ip, app_process_ids, held::text AS held,
        processes::text AS processes, versions::text AS versions, path_version, replica,
-       last_seen
+       last_seen, role
 FROM adoption WHERE path = $1 ORDER BY instance_id
 """
+FORGET = "DELETE FROM adoption WHERE path = $1 AND instance_id = $2 RETURNING instance_id"
 # Reports older than this are forgotten entirely (stale ones are shown long before).
 FORGET_AFTER: Final = timedelta(days=7)
 PRUNE = "DELETE FROM adoption WHERE last_seen < now() - $1::interval"
@@ -66,6 +67,7 @@ class Report:
     seen_at: datetime
     processes: dict[str, dict[str, str]] = field(default_factory=dict)
     versions: dict[str, list[str]] = field(default_factory=dict)
+    role: str = "serving"
 
 
 class AdoptionBuffer:
@@ -79,6 +81,10 @@ class AdoptionBuffer:
 
     def report(self, report: Report) -> None:
         self._pending[(report.path, report.instance_id)] = report
+
+    def forget(self, path: str, instance_id: str) -> None:
+        """Drop an unflushed report (an operator forgot the instance)."""
+        self._pending.pop((path, instance_id), None)
 
     async def flush(self) -> int:
         """Write every pending report in one statement; return how many."""
@@ -99,6 +105,7 @@ class AdoptionBuffer:
                 [r.path_version for r in batch],
                 [r.seen_at for r in batch],
                 self._replica,
+                [r.role for r in batch],
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Keep what failed unless a newer report arrived meanwhile; retry next round.

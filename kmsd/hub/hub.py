@@ -57,6 +57,12 @@ CACHE_IDLE_S: Final = 600.0
 RETRY_AFTER_RANGE: Final = (1, 5)
 
 
+_DEAF_DETAIL = (
+    "this kmsd replica lost its change feed and cannot hold polls; retry (any replica) after "
+    "Retry-After"
+)
+
+
 class _Timeout:
     """The hold ran out with nothing new: the handler answers 304."""
 
@@ -100,6 +106,8 @@ class Hub:
         self._cache: dict[str, _CacheEntry] = {}
         self._cached = PrefixSet()
         self._closing = False
+        # Set while this replica's change feed (LISTEN) is down: it could not wake a poll.
+        self._deaf = False
         metrics.held_polls.set_function(lambda: len(self._index))
 
     # -- polls -------------------------------------------------------------------------------
@@ -134,6 +142,8 @@ class Hub:
         """
         if self._closing:
             raise ShuttingDown(retry_after=self._retry_after())
+        if self._deaf and hold > 0:
+            raise ShuttingDown(_DEAF_DETAIL, retry_after=self._retry_after())
         if hold <= 0:
             snap = await self.snapshot(path)
             return snap if snap is None or snap.version > version else TIMEOUT
@@ -275,6 +285,24 @@ class Hub:
     def closing(self) -> bool:
         """True once shutdown began: long-lived answers (server-sent events) end too."""
         return self._closing
+
+    def deafen(self) -> int:
+        """The change feed is down: answer held polls (and refuse new ones) with a 503 and
+        Retry-After, so clients re-poll on a replica that can wake them; return how many."""
+        self._deaf = True
+        waiters = self._index.drain()
+        for waiter in waiters:
+            if not waiter.handle.done():
+                waiter.handle.set_exception(
+                    ShuttingDown(_DEAF_DETAIL, retry_after=self._retry_after())
+                )
+        if waiters:
+            log.warning("hub_polls_moved", answered=len(waiters))
+        return len(waiters)
+
+    def hear(self) -> None:
+        """The change feed is back (and resynced): hold polls again."""
+        self._deaf = False
 
     def close(self) -> int:
         """Refuse new polls and answer every held one with ShuttingDown; return how many."""

@@ -9,9 +9,13 @@ after the last id it handled (bursts coalesce into one read and one refresh), an
 paths to ``Hub.apply_changes``.
 
 The connection lives outside the pool (asyncpg resets pooled connections with ``UNLISTEN *``).
-When it drops - ``add_termination_listener``, or a failed keepalive - the waker reconnects with
-jittered backoff and then re-checks *every* cached and watched path (``Hub.resync``), because
-notifications sent meanwhile are gone; then it resumes reading the change log from its last id.
+When it drops - ``add_termination_listener``, or a ping (every ``KMSD_LISTEN_PING``) that takes
+longer than ``KMSD_LISTEN_PING_TIMEOUT``, as a frozen backend or a silent network drop does -
+the replica is *deaf*: ``/healthz`` says so, held polls are answered 503 with Retry-After so
+their clients re-poll on a replica that can wake them, and new holds are refused. The waker
+reconnects with jittered backoff, re-checks *every* cached and watched path (``Hub.resync``),
+because notifications sent meanwhile are gone, and only then holds polls again; then it resumes
+reading the change log from its last id.
 """
 
 from __future__ import annotations
@@ -35,8 +39,6 @@ log = structlog.get_logger(__name__)
 
 # Rows read per round; a longer backlog is read in several rounds.
 BATCH: Final = 5000
-# A silent network drop is noticed by this keepalive even when PostgreSQL cannot say goodbye.
-KEEPALIVE_S: Final = 15.0
 RECONNECT_BACKOFF_S: Final = (0.05, 5.0)
 # How often one replica trims old change rows (any replica may; the DELETE is idempotent).
 PRUNE_EVERY_S: Final = 300.0
@@ -54,8 +56,14 @@ class Waker:
         metrics: Metrics,
         *,
         invalidations: Mapping[str, Callable[[], None]] | None = None,
+        replica: str = "",
+        ping_s: float = 2.0,
+        ping_timeout_s: float = 3.0,
     ):
         self._dsn = dsn
+        self._replica = replica
+        self._ping_s = ping_s
+        self._ping_timeout_s = ping_timeout_s
         # Other channels whose notifications (or a reconnect) drop an in-process cache.
         self._invalidations = dict(invalidations or {})
         self._pool = pool
@@ -79,7 +87,11 @@ class Waker:
         self._last_id = await self._pool.fetchval(LAST_CHANGE)
 
     async def _connect(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self._ping_timeout_s * 2,
+            server_settings={"application_name": f"kmsd-listen/{self._replica}"},
+        )
         conn.add_termination_listener(self._on_terminated)
         await conn.add_listener(CHANNEL, self._on_notify)
         for channel, invalidate in self._invalidations.items():
@@ -94,8 +106,11 @@ class Waker:
         self._dirty.set()
 
     def _on_terminated(self, *_: Any) -> None:
+        if self._lost.is_set():
+            return
         self.connected.clear()
         self._lost.set()
+        self._hub.deafen()
 
     async def run(self) -> None:
         """Process changes until cancelled; reconnect whenever the connection is lost."""
@@ -118,7 +133,7 @@ class Waker:
         last_prune = self._clock.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), KEEPALIVE_S)
+                await asyncio.wait_for(self._lost.wait(), self._ping_s)
             if not self._lost.is_set():
                 if not await self._alive():
                     self._on_terminated()
@@ -136,7 +151,7 @@ class Waker:
         if conn is None or conn.is_closed():
             return False
         try:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), KEEPALIVE_S)
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), self._ping_timeout_s)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return False
         return True
@@ -145,6 +160,7 @@ class Waker:
         delay = RECONNECT_BACKOFF_S[0]
         if self._conn is not None and not self._conn.is_closed():
             self._conn.terminate()
+        self._conn = None
         while True:
             try:
                 await self._connect()
@@ -177,6 +193,8 @@ class Waker:
             self._needs_resync = False
             woken = await self._hub.resync()
             log.info("hub_resynced", woken=woken)
+        if self.connected.is_set():
+            self._hub.hear()
         handled = 0
         while True:
             rows = await self._pool.fetch(CHANGES_AFTER, self._last_id, BATCH)

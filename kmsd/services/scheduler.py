@@ -1,8 +1,9 @@
 """The rotation scheduler: one leader at a time renews generated secrets and data keys.
 
-Leadership is a PostgreSQL session advisory lock held on a dedicated connection. Every replica
-tries to take it each tick; when the leader dies, PostgreSQL drops its session and the lock
-with it, and another replica takes over on its next tick (seconds).
+Leadership is fenced (``kmsd.services.leadership``): a session advisory lock on a dedicated
+connection, checked every loop, and an epoch that every leader-only change presents to the
+database. Every replica tries for it each loop; when the leader dies or loses its connection,
+another replica takes over within a tick, and the old one's late changes are refused.
 
 Each tick the leader rotates what expires within the lead time and can rotate itself -
 generated secrets (their spec is stored; the current profile must still allow it) and KMS data
@@ -29,17 +30,17 @@ from kmsd.aws.sm import SecretsWriter
 from kmsd.clock import Clock
 from kmsd.domain.names import NodePath
 from kmsd.domain.profile import Profile
-from kmsd.errors import InvalidInput, KmsError
+from kmsd.errors import FencedOut, InvalidInput, KmsError
 from kmsd.metrics import Metrics
 from kmsd.services import datakeys, writes
 from kmsd.services.keygen import generate
+from kmsd.services.leadership import Leadership, check_fence
 
 if TYPE_CHECKING:
-    from kmsd.services.rotations import Rotations
+    from kmsd.services.rotation import Rotations
 
 log = structlog.get_logger(__name__)
 
-LEADER_LOCK_KEY: Final = 0x6B6D7372  # "kmsr"
 CLAIM_STALE: Final = timedelta(minutes=10)
 SCHEDULER: Final = "kmsd:scheduler"
 DUE = """
@@ -70,7 +71,7 @@ ORDER BY s.expires_at
 
 @dataclass
 class Scheduler:
-    dsn: str
+    leadership: Leadership
     pool: asyncpg.Pool
     sm: SecretsWriter
     kms: Any
@@ -82,39 +83,34 @@ class Scheduler:
     lead: timedelta = timedelta(days=14)
     tick_s: float = 5.0
     report_window: timedelta = timedelta(days=30)
-    leader: bool = False
     rotations: int = 0
     ticks: int = 0
-    # Operator rotations (kmsd.services.rotations) are driven by the leader too, more often.
+    # Operator rotations (kmsd.services.rotation) are driven by the leader too, more often.
     driver: Rotations | None = None
     driver_tick_s: float = 1.0
 
+    @property
+    def leader(self) -> bool:
+        return self.leadership.leader
+
     async def run(self) -> None:
-        """Try for leadership every tick; while leader, rotate what is due."""
-        conn = await asyncpg.connect(self.dsn)
+        """Check leadership every loop; while leader, rotate what is due and drive rotations."""
         renew_at = 0.0
         try:
             while True:
-                if not self.leader:
-                    self.leader = bool(
-                        await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY)
-                    )
-                    if self.leader:
-                        log.info("scheduler_leader", replica=self.replica)
-                        self.metrics.scheduler_leader.set(1)
-                if self.leader:
-                    now = time.monotonic()
-                    if now >= renew_at:
-                        await self.tick()
-                        renew_at = now + self.tick_s
-                    if self.driver is not None:
-                        await self.driver.tick()
+                if await self.leadership.check():
+                    try:
+                        now = time.monotonic()
+                        if now >= renew_at:
+                            await self.tick()
+                            renew_at = now + self.tick_s
+                        if self.driver is not None:
+                            await self.driver.tick(self.leadership.epoch)
+                    except FencedOut:
+                        self.leadership.lose("fenced")
                 await asyncio.sleep(min(self.tick_s, self.driver_tick_s))
         finally:
-            self.leader = False
-            self.metrics.scheduler_leader.set(0)
-            if not conn.is_closed():
-                await conn.close()
+            await self.leadership.close()
 
     async def tick(self) -> int:
         """Rotate everything due now; refresh the expiring gauge; return rotations done."""
@@ -130,9 +126,11 @@ class Scheduler:
         return done
 
     async def _rotate(self, row: asyncpg.Record, now: datetime) -> bool:
-        claimed = await self.pool.fetchval(
-            CLAIM, row["id"], row["expires_at"], self.replica, CLAIM_STALE
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await check_fence(conn, self.leadership.epoch if self.leadership.leader else -1)
+            claimed = await conn.fetchval(
+                CLAIM, row["id"], row["expires_at"], self.replica, CLAIM_STALE
+            )
         if claimed is None:
             return False  # rotated for this expiry already, or another leader is on it
         path = NodePath.parse(row["path"])

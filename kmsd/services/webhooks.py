@@ -5,6 +5,11 @@ scheduler's leader sends, per application, the oldest undelivered one only: a la
 overtakes an earlier one that is being retried. A failed delivery is retried with exponential
 backoff (capped at five minutes); the row keeps the last error.
 
+Each delivery is claimed before it is sent, by the leader's epoch under the leadership fence
+(``kmsd.services.leadership``): a deposed leader cannot claim, so a delivery id is sent by one
+leader; a claim older than CLAIM_TTL_S (the sender died mid-send) is free again. Receivers
+de-duplicate by ``X-Kmsd-Delivery`` as at-least-once delivery over HTTP requires.
+
 Signature: ``X-Kmsd-Signature: sha256=HEX`` where HEX is HMAC-SHA256, keyed with the hook's
 key, of ``TIMESTAMP + "." + BODY`` and ``X-Kmsd-Timestamp: TIMESTAMP`` (Unix seconds), so a
 receiver can refuse replays of old deliveries. Events carry names, ids and phases, never a value.
@@ -28,6 +33,7 @@ import structlog
 
 from kmsd.domain.access import IpNetwork, ip_in
 from kmsd.errors import InvalidInput
+from kmsd.services.leadership import check_fence
 
 log = structlog.get_logger(__name__)
 
@@ -47,12 +53,22 @@ SELECT * FROM (
     ORDER BY d.app_path, d.id
 ) head WHERE head.next_at <= now()
 """
-DELIVERED = (
-    "UPDATE webhook_deliveries SET delivered_at = now(), attempts = attempts + 1 WHERE id = $1"
-)
+# Longer than a send can take (TIMEOUT_S), so a live sender's claim is never taken over.
+CLAIM_TTL_S = 60.0
+CLAIM = """
+UPDATE webhook_deliveries SET claimed_epoch = $2, claimed_at = now()
+WHERE id = $1 AND delivered_at IS NULL
+  AND (claimed_at IS NULL OR claimed_at < now() - $3 * interval '1 second')
+RETURNING id
+"""
+DELIVERED = """
+UPDATE webhook_deliveries SET delivered_at = now(), attempts = attempts + 1, claimed_at = NULL
+WHERE id = $1
+"""
 FAILED = """
 UPDATE webhook_deliveries
-SET attempts = attempts + 1, last_error = $2, next_at = now() + $3 * interval '1 second'
+SET attempts = attempts + 1, last_error = $2, next_at = now() + $3 * interval '1 second',
+    claimed_at = NULL
 WHERE id = $1
 """
 
@@ -82,11 +98,24 @@ def sign(key: str, timestamp: str, body: bytes) -> str:
 
 
 async def deliver_due(
-    pool: asyncpg.Pool, http: aiohttp.ClientSession, allowed: Sequence[IpNetwork] = ()
+    pool: asyncpg.Pool,
+    http: aiohttp.ClientSession,
+    allowed: Sequence[IpNetwork] = (),
+    epoch: int | None = None,
 ) -> int:
-    """Send the head delivery of every application that has one due; return how many landed."""
+    """Send the head delivery of every application that has one due; return how many landed.
+
+    ``epoch`` is the leader's fencing token (FencedOut once another replica leads); None only
+    where no leadership applies (tests that drive deliveries directly).
+    """
     heads = await pool.fetch(HEADS, MAX_ATTEMPTS)
-    results = await asyncio.gather(*(_deliver(pool, http, row, allowed) for row in heads))
+    claimed = []
+    for row in heads:
+        async with pool.acquire() as conn, conn.transaction():
+            await check_fence(conn, epoch)
+            if await conn.fetchval(CLAIM, row["id"], epoch or 0, CLAIM_TTL_S):
+                claimed.append(row)
+    results = await asyncio.gather(*(_deliver(pool, http, row, allowed) for row in claimed))
     return sum(results)
 
 

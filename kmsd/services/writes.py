@@ -9,11 +9,12 @@ row (``sm_outbox``, metadata only):
 3. in one transaction, record the metadata, move the stages, bump the node's change number
    and delete the intent.
 
-If step 2 fails, the intent is deleted and the caller gets a 502: no metadata is left behind.
-If kmsd dies or PostgreSQL fails between 2 and 3, the intent survives; ``reconcile`` (run at
-start-up and every minute) asks SM whether the version exists and either finishes step 3 or
-drops the intent. Writes to one secret are serialised by a session advisory lock that the
-reconciler also takes, so it never races a write in flight.
+If step 2 is refused, the intent is deleted and the caller gets a 502: no metadata is left
+behind. If its outcome is unknown, or kmsd dies or PostgreSQL fails between 2 and 3, the intent
+survives and ``kmsd.services.reconcile`` resolves it later by asking SM, by the rules of
+``kmsd.domain.writes`` (a late intent never overrides a later acknowledged write). Writes to
+one secret are serialised by a session advisory lock that the reconciler also takes, so it
+never races a write in flight.
 
 Deletions go the other way: the metadata and a ``delete`` outbox row go in one transaction,
 then SM is asked to schedule the deletion; rows that fail stay for the reconciler.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -37,13 +38,15 @@ from kmsd.db.changes import record_change, record_secret_change
 from kmsd.domain.names import NodePath
 from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
 
+# A database that went away mid-write: the connection died (InterfaceError), the server
+# refused or closed it (PostgresError), the socket failed, or a pool wait ran out.
+DB_LOST = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
 log = structlog.get_logger(__name__)
 
-# An intent younger than this may belong to a write still in flight (SM timeout x retries).
-RECONCILE_MIN_AGE = timedelta(minutes=2)
 
 LOCK = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
-_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
+TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
 UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
 _UPSERT_SECRET = """
 INSERT INTO secrets (node_id, name, kind, sm_name, sm_arn, description, tags, created_by,
@@ -68,21 +71,24 @@ _RETIRE_PREVIOUS = (
 _DEMOTE_CURRENT = (
     "UPDATE secret_versions SET stage = 'previous' WHERE secret_id = $1 AND stage = 'current'"
 )
+_INTENT = """
+INSERT INTO sm_outbox (op, sm_name, version_id, intent) VALUES ('put', $1, $2, $3::jsonb)
+RETURNING id, seq
+"""
+# The write (or rotation step) that made the current version current: a late intent with a
+# lower number was overtaken (kmsd.domain.writes).
+_CURRENT_SEQ = "UPDATE secrets SET current_seq = GREATEST(current_seq, $2) WHERE id = $1"
 _INSERT_VERSION = """
 INSERT INTO secret_versions (secret_id, version_id, stage, created_by)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT (secret_id, version_id) DO NOTHING
-"""
-_STALE_OUTBOX = """
-SELECT id, op, sm_name, version_id, intent::text AS intent FROM sm_outbox
-WHERE created_at < now() - $1::interval ORDER BY id LIMIT 100
 """
 _CANCEL_PENDING_DELETE = "DELETE FROM sm_outbox WHERE op = 'delete' AND sm_name = $1"
 _DELETE_STILL_WANTED = """
 SELECT EXISTS (SELECT 1 FROM sm_outbox WHERE id = $1)
    AND NOT EXISTS (SELECT 1 FROM secrets WHERE sm_name = $2)
 """
-_PUT_IN_DOUBT = "SELECT 1 FROM sm_outbox WHERE op = 'put' AND sm_name = $1 LIMIT 1"
+PUT_IN_DOUBT = "SELECT 1 FROM sm_outbox WHERE op = 'put' AND sm_name = $1 LIMIT 1"
 _OUTBOX_FAILED = "UPDATE sm_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
 
 
@@ -140,7 +146,7 @@ async def put_secret(
                     )
                 if req.stage == "pending" and (existing is None or existing["kind"] != req.kind):
                     raise InvalidInput("only an existing secret can be rotated")
-                if req.stage == "pending" and await conn.fetchval(_PUT_IN_DOUBT, sm_name):
+                if req.stage == "pending" and await conn.fetchval(PUT_IN_DOUBT, sm_name):
                     raise Conflict(
                         f"an earlier write of {req.name!r} is still in doubt (kmsd reconciles "
                         "it within minutes); start the rotation after that"
@@ -153,9 +159,11 @@ async def put_secret(
                 intent = _intent(req, sm_name)
                 # A deletion still pending for this name must not land after this write.
                 await conn.execute(_CANCEL_PENDING_DELETE, sm_name)
-                outbox_id = await conn.fetchval(
-                    store.INSERT_OUTBOX, "put", sm_name, version_id, orjson.dumps(intent).decode()
+                outbox = await conn.fetchrow(
+                    _INTENT, sm_name, version_id, orjson.dumps(intent).decode()
                 )
+                assert outbox is not None  # RETURNING of an INSERT
+                outbox_id, seq = outbox["id"], outbox["seq"]
             try:
                 result = await sm.write(
                     sm_name,
@@ -171,20 +179,26 @@ async def put_secret(
                 # connection lost mid-request) SM may hold the version: the intent stays and
                 # the reconciler asks SM by version id, as after a crash.
                 if not err.extra.get("ambiguous"):
-                    await conn.execute(store.DELETE_OUTBOX, outbox_id)
+                    try:
+                        await conn.execute(store.DELETE_OUTBOX, outbox_id)
+                    except DB_LOST:
+                        # The intent stays; the reconciler finds SM without it and drops it.
+                        log.warning("put_intent_left", sm_name=sm_name)
                 raise
             try:
                 async with conn.transaction():
-                    await _record(conn, outbox_id, intent, result.arn, version_id)
-            except (asyncpg.PostgresError, OSError) as exc:
+                    await record(conn, outbox_id, intent, result.arn, version_id, seq=seq)
+            except DB_LOST as exc:
                 log.error("put_metadata_failed", sm_name=sm_name, error=type(exc).__name__)
                 raise Unavailable(
                     "the value reached Secrets Manager but its metadata could not be recorded; "
-                    "kmsd will reconcile it within minutes",
+                    "kmsd will reconcile it within minutes (until then the previous version "
+                    "stays current for agents)",
                     version_id=version_id,
+                    reached_sm=True,
                 ) from None
         finally:
-            await conn.execute(UNLOCK, sm_name)
+            await unlock(conn, sm_name)
     log.info("secret_put", path=str(req.path), name=req.name, version_id=version_id)
     return {
         "path": str(req.path),
@@ -213,10 +227,23 @@ def _intent(req: PutRequest, sm_name: str) -> dict[str, Any]:
     }
 
 
-async def _record(
-    conn: Conn, outbox_id: int, intent: dict[str, Any], arn: str, version_id: str
+async def unlock(conn: Conn, sm_name: str) -> None:
+    """Release the secret's lock; on a dead connection the lock died with its session."""
+    if conn.is_closed():
+        return
+    try:
+        await conn.execute(UNLOCK, sm_name)
+    except DB_LOST as exc:
+        log.warning("secret_unlock_failed", sm_name=sm_name, error=type(exc).__name__)
+
+
+async def record(
+    conn: Conn, outbox_id: int, intent: dict[str, Any], arn: str, version_id: str, *, seq: int
 ) -> bool:
-    """Record a version SM holds (step 3). Returns False if its node has gone meanwhile."""
+    """Record a version SM holds as current, or pending for a rotation (step 3).
+
+    Returns False if its node has gone meanwhile.
+    """
     node = await conn.fetchrow(store.GET_NODE_FOR_UPDATE, intent["path"])
     await conn.execute(store.DELETE_OUTBOX, outbox_id)
     if node is None:
@@ -251,6 +278,7 @@ async def _record(
         await conn.execute(_RETIRE_PREVIOUS, secret_id)
         await conn.execute(_DEMOTE_CURRENT, secret_id)
         await conn.execute(_INSERT_VERSION, secret_id, version_id, "current", intent["created_by"])
+        await conn.execute(_CURRENT_SEQ, secret_id, seq)
     await record_secret_change(conn, intent["path"], node["id"], secret_id)
     return True
 
@@ -356,10 +384,10 @@ async def drain_deletions(pool: asyncpg.Pool, sm: SecretsWriter) -> None:
     """Send pending SM deletions; failures stay in the outbox for the reconciler."""
     rows = await pool.fetch("SELECT id, sm_name FROM sm_outbox WHERE op = 'delete' ORDER BY id")
     for row in rows:
-        await _apply_delete(pool, sm, row["id"], row["sm_name"])
+        await apply_delete(pool, sm, row["id"], row["sm_name"])
 
 
-async def _apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_name: str) -> None:
+async def apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_name: str) -> None:
     """Carry out one pending SM deletion, under the secret's lock, unless it is stale.
 
     A deletion is stale when its row is gone (a later put cancelled it) or when the secret
@@ -380,40 +408,3 @@ async def _apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_n
             await conn.execute(store.DELETE_OUTBOX, row_id)
         finally:
             await conn.execute(UNLOCK, sm_name)
-
-
-async def reconcile(
-    pool: asyncpg.Pool, sm: SecretsWriter, min_age: timedelta = RECONCILE_MIN_AGE
-) -> dict[str, int]:
-    """Finish or drop outbox rows older than ``min_age``; return counts by outcome."""
-    counts = {"recorded": 0, "dropped": 0, "deleted": 0, "skipped": 0}
-    rows = await pool.fetch(_STALE_OUTBOX, min_age)
-    for row in rows:
-        if row["op"] == "delete":
-            await _apply_delete(pool, sm, row["id"], row["sm_name"])
-            counts["deleted"] += 1
-            continue
-        async with pool.acquire() as conn:
-            if not await conn.fetchval(_TRY_LOCK, row["sm_name"]):
-                counts["skipped"] += 1  # a write to this secret is in flight
-                continue
-            try:
-                arn = await sm.has_version(row["sm_name"], row["version_id"])
-                async with conn.transaction():
-                    still_there = await conn.fetchval(
-                        "SELECT 1 FROM sm_outbox WHERE id = $1 FOR UPDATE", row["id"]
-                    )
-                    if not still_there:
-                        continue
-                    if arn is None:
-                        await conn.execute(store.DELETE_OUTBOX, row["id"])
-                        counts["dropped"] += 1
-                    else:
-                        intent = orjson.loads(row["intent"])
-                        await _record(conn, row["id"], intent, arn, row["version_id"])
-                        counts["recorded"] += 1
-            finally:
-                await conn.execute(UNLOCK, row["sm_name"])
-    if any(counts.values()):
-        log.info("outbox_reconciled", **counts)
-    return counts

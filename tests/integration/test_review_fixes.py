@@ -15,6 +15,7 @@ from kmsd.db.changes import record_change
 from kmsd.domain.access import parse_cidrs
 from kmsd.domain.names import NodePath
 from kmsd.services import writes
+from kmsd.services.reconcile import reconcile
 from tests.conftest import Identity, free_port
 from tests.integration.conftest import Api, ClientFactory, eventually, login_body, sign_in
 
@@ -84,7 +85,7 @@ async def test_a_stale_pending_deletion_spares_a_re_created_secret(
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
         try:
             await writes.drain_deletions(pool, sm)
-            await writes.reconcile(pool, sm, min_age=__import__("datetime").timedelta(0))
+            await reconcile(pool, sm, __import__("datetime").timedelta(0))
         finally:
             await pool.close()
     assert sm_client.describe_secret(SecretId=recreated["sm_arn"]).get("DeletedDate") is None

@@ -18,6 +18,7 @@ from kmsd.aws.sm import secrets_writer
 from kmsd.config import Settings
 from kmsd.domain.names import NodePath
 from kmsd.services import writes
+from kmsd.services.reconcile import reconcile
 from tests.conftest import free_port
 from tests.integration.conftest import Api, ClientFactory, sign_in, snapshot
 
@@ -241,10 +242,10 @@ async def test_reconcile_records_a_write_whose_metadata_was_lost(
     async with secrets_writer(settings) as sm:
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
         try:
-            counts = await writes.reconcile(pool, sm)
+            counts = await reconcile(pool, sm, timedelta(minutes=2))
         finally:
             await pool.close()
-    assert (counts["recorded"], counts["dropped"]) == (1, 1)
+    assert (counts["current"], counts["drop"]) == (1, 1)
     assert await db.fetchval("SELECT count(*) FROM sm_outbox") == 0
     eff = await api.effective("prod/payments")
     assert eff["secrets"][0]["versions"] == [{"version_id": version_id, "stage": "current"}]
@@ -258,7 +259,7 @@ async def test_reconcile_leaves_young_intents_alone(
     async with secrets_writer(settings) as sm:
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
         try:
-            counts = await writes.reconcile(pool, sm)
+            counts = await reconcile(pool, sm, timedelta(minutes=2))
         finally:
             await pool.close()
     assert sum(counts.values()) == 0
@@ -338,10 +339,10 @@ async def test_an_ambiguous_aws_failure_keeps_the_intent_for_the_reconciler(
     async with secrets_writer(settings) as sm:
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
         try:
-            counts = await writes.reconcile(pool, sm, min_age=timedelta(0))
+            counts = await reconcile(pool, sm, timedelta(0))
         finally:
             await pool.close()
-    assert counts["dropped"] == 1
+    assert counts["drop"] == 1
     assert await db.fetchval("SELECT count(*) FROM sm_outbox") == 0
     assert intent["version_id"]
 

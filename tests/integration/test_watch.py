@@ -119,7 +119,7 @@ async def test_deleted_path_answers_404(api: Api, client: App) -> None:
     assert "deleted" in problem["detail"]
 
 
-async def test_dropped_listen_connection_loses_no_change(
+async def test_dropped_listen_connection_moves_polls_and_loses_no_change(
     api: Api, client: App, db: asyncpg.Connection, pg_server_dsn: str
 ) -> None:
     version = await _tree(api)
@@ -134,7 +134,17 @@ async def test_dropped_listen_connection_loses_no_change(
     await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
     try:
         assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
-        await eventually(lambda: not waker.connected.is_set())
+        # Deaf, the replica could not wake the poll: it is answered at once, to re-poll
+        # elsewhere, and a new hold is refused the same way.
+        status, problem = await waiting
+        assert status == 503, problem
+        assert problem["retry_after"] >= 1
+        status, problem = await poll(api, "prod/pay/us/blue", version)
+        assert status == 503
+        assert "change feed" in problem["detail"]
+        async with client.get("/healthz") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["listen"] is False
         # A write by another replica commits while nobody listens here: its NOTIFY is lost.
         async with db.transaction():
             await db.execute(
@@ -145,11 +155,16 @@ async def test_dropped_listen_connection_loses_no_change(
                 "INSERT INTO changes (path) VALUES ('prod/pay/us/blue');"
                 " NOTIFY kmsd_changes, 'lost'"
             )
-        assert not waiting.done()
     finally:
         await admin_conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await admin_conn.close()
-    status, doc = await waiting
+    # Back and resynced, a poll from the old version sees the change it never heard of.
+    async with asyncio.timeout(15):
+        while True:
+            status, doc = await poll(api, "prod/pay/us/blue", version, hold=5)
+            if status != 503:
+                break
+            await asyncio.sleep(0.05)
     assert status == 200
     assert doc["path_version"] > version
     assert client.app[METRICS].listen_reconnects._value.get() == reconnects + 1
@@ -216,7 +231,7 @@ async def test_adoption_reflects_polls_and_marks_stale_instances(
     assert by_id["i-old"]["app_process_ids"] == ["101", "web-2"]
     assert by_id["i-old"]["ip"] == "127.0.0.1"
     assert (by_id["i-old"]["stale"], by_id["i-new"]["stale"]) == (True, False)
-    assert report["counts"] == {"instances": 2, "live": 1, "stale": 1}
+    assert report["counts"] == {"instances": 2, "live": 1, "stale": 1, "observers": 0}
     (version_row,) = report["secrets"][0]["versions"]
     assert version_row["stage"] == "current"
     assert (version_row["count"], version_row["live"], version_row["stale"]) == (2, 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,7 +68,7 @@ def _secret(summary: dict[str, Any], name: str) -> dict[str, Any]:
 def test_summary_header_and_counts(summary: dict[str, Any]) -> None:
     assert summary["path"] == "ns/app"
     assert summary["stale_after_s"] == 90
-    assert summary["counts"] == {"instances": 4, "live": 2, "stale": 2}
+    assert summary["counts"] == {"instances": 4, "live": 2, "stale": 2, "observers": 0}
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,12 @@ def test_summary_header_and_counts(summary: dict[str, Any]) -> None:
 def test_staleness_is_strictly_past_the_window(age_s: float, stale: bool) -> None:
     out = summarise("ns/app", [report("i", {}, age_s=age_s)], [], now=NOW, stale_after=STALE_AFTER)
     assert out["instances"][0]["stale"] is stale
-    assert out["counts"] == {"instances": 1, "live": int(not stale), "stale": int(stale)}
+    assert out["counts"] == {
+        "instances": 1,
+        "live": int(not stale),
+        "stale": int(stale),
+        "observers": 0,
+    }
 
 
 def test_summary_instances_entries(summary: dict[str, Any]) -> None:
@@ -85,6 +91,7 @@ def test_summary_instances_entries(summary: dict[str, Any]) -> None:
     assert [i["instance_id"] for i in summary["instances"]] == ["i-3", "i-1", "i-2", "i-4"]
     assert by_id["i-3"] == {
         "instance_id": "i-3",
+        "role": "serving",
         "principal": "role/i-3",
         "ip": "10.0.0.1",
         "app_process_ids": ["100", "101"],
@@ -93,6 +100,7 @@ def test_summary_instances_entries(summary: dict[str, Any]) -> None:
         "replica": "r-a",
         "last_seen": "2030-01-02T03:03:55+00:00",
         "stale": False,
+        "stale_at": "2030-01-02T03:05:25+00:00",
     }
     assert isinstance(by_id["i-1"]["app_process_ids"], list)
     assert by_id["i-1"]["app_process_ids"] == []
@@ -192,6 +200,17 @@ def test_summary_of_nothing() -> None:
         "path": "ns/app",
         "stale_after_s": 300,
         "instances": [],
-        "counts": {"instances": 0, "live": 0, "stale": 0},
+        "observers": [],
+        "counts": {"instances": 0, "live": 0, "stale": 0, "observers": 0},
         "secrets": [],
     }
+
+
+def test_observers_are_listed_apart_and_hold_nothing() -> None:
+    watcher = dataclasses.replace(report("kmsctl-1", {"db-pass": "v2"}), role="observer")
+    agent = report("i-1", {"db-pass": "v2"})
+    out = summarise("ns/app", [watcher, agent], [], now=NOW, stale_after=STALE_AFTER)
+    assert [i["instance_id"] for i in out["instances"]] == ["i-1"]
+    assert [(i["instance_id"], i["role"]) for i in out["observers"]] == [("kmsctl-1", "observer")]
+    assert out["counts"] == {"instances": 1, "live": 1, "stale": 0, "observers": 1}
+    assert out["secrets"][0]["versions"][0]["instances"] == ["i-1"]

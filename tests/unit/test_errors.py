@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kmsd import errors
-from kmsd.errors import KmsError
+from kmsd.errors import KmsError, ShuttingDown, Unavailable
 
 
 def _all_subclasses(cls: type[KmsError]) -> list[type[KmsError]]:
@@ -31,6 +31,7 @@ EXPECTED_STATUS = {
     "UpstreamError": 502,
     "Unavailable": 503,
     "ShuttingDown": 503,
+    "FencedOut": 409,
 }
 
 
@@ -79,3 +80,8 @@ def test_extension_members_never_override_standard_ones() -> None:
     doc = Conflict("taken", status=200, title="fine", type="x", children=2).problem()
     assert (doc["status"], doc["title"], doc["children"]) == (409, "Conflict", 2)
     assert doc["type"].endswith("/conflict")
+
+
+def test_unavailable_tells_when_to_retry() -> None:
+    assert Unavailable("database gone").headers == {"Retry-After": "2"}
+    assert ShuttingDown(retry_after=4).headers == {"Retry-After": "4"}

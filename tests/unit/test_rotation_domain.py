@@ -368,6 +368,7 @@ def test_gate_status_as_dict() -> None:
             "current": NEW,
             "ip": "10.0.0.1",
             "last_seen": "2029-12-31T23:59:30+00:00",
+            "stale_at": (seen + STALE).isoformat(),
             "processes": {"42": NEW},
         }
     ]
@@ -380,6 +381,7 @@ def test_gate_status_as_dict() -> None:
             "current": OLD,
             "ip": "10.0.0.2",
             "last_seen": seen.isoformat(),
+            "stale_at": (seen + STALE).isoformat(),
             "processes": {},
         }
     ]

@@ -50,6 +50,17 @@ class Unreachable(CliError):
         self.reason = reason
 
 
+# Answers that mean "this server, or the one behind this proxy, cannot serve you now".
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def transient(exc: CliError) -> bool:
+    """True for a failure that retrying later may cure: no answer, or a 429/5xx."""
+    return isinstance(exc, Unreachable) or (
+        isinstance(exc, HttpError) and exc.status in TRANSIENT_STATUSES
+    )
+
+
 class Client:
     """A small synchronous kmsd client (one sign-in per process)."""
 

@@ -11,11 +11,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from kmsd.cli.client import Client, CliError, quote_path, read_input
+from kmsd.cli.backoff import Backoff
+from kmsd.cli.client import Client, CliError, quote_path, read_input, transient
 from kmsd.cli.output import Subparsers, emit, read_verb
 
 BAR_WIDTH = 30
 FOLLOW_INTERVAL_S = 1.0
+FOLLOW_RETRY_CAP_S = 10.0
 FINAL_PHASES = ("done", "aborted", "rolled_back")
 # One "adoption forget" line per straggler, up to this many; the rest are in --output json.
 MAX_FORGET_HINTS = 5
@@ -71,8 +73,21 @@ def _follow(c: Client, rotation_id: int, *, live: bool) -> None:
     """Redraw the status every second until the rotation is over (in place on a terminal;
     elsewhere one block per change)."""
     last = None
+    backoff = Backoff(FOLLOW_INTERVAL_S, FOLLOW_RETRY_CAP_S)
     while True:
-        doc = c.call("GET", f"/v1/rotations/{rotation_id}")
+        try:
+            doc = c.call("GET", f"/v1/rotations/{rotation_id}")
+        except CliError as exc:
+            # A rolling restart of kmsd must not end the operator's view of the rotation.
+            if not transient(exc):
+                raise
+            if not backoff.attempts:
+                print(f"kmsctl: {exc}; retrying", file=sys.stderr, flush=True)
+            time.sleep(backoff.next())
+            continue
+        if backoff.attempts:
+            print("kmsctl: kmsd answers again", file=sys.stderr, flush=True)
+            backoff.reset()
         shown = {k: v for k, v in doc.items() if k not in ("phase_since",)}
         if shown != last:
             if live:
@@ -180,13 +195,20 @@ def _print_hints(rotation_id: int, waiting: list[dict[str, Any]]) -> None:
     print("  the gate waits for the instances above; you can:")
     if any(r.get("stale_at") for r in waiting):
         print("    wait: a straggler that no longer polls stops counting when it goes stale")
-    print(f"    kmsctl rotate advance {rotation_id} --force    go on without them (audited)")
     shown = waiting[:MAX_FORGET_HINTS]
-    for r in shown:
-        print(
-            f"    kmsctl adoption forget {r['path']} {r['instance_id']}"
-            "    drop an instance that is gone"
-        )
+    commands = [
+        (f"kmsctl rotate advance {rotation_id} --force", "go on without them (audited)"),
+        *(
+            (
+                f"kmsctl adoption forget {r['path']} {r['instance_id']}",
+                "drop an instance that is gone",
+            )
+            for r in shown
+        ),
+    ]
+    width = max(len(command) for command, _ in commands)
+    for command, why in commands:
+        print(f"    {command.ljust(width)}  # {why}")
     if len(waiting) > len(shown):
         print(
             f"    ... and {len(waiting) - len(shown)} more "

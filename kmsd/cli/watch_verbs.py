@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from kmsd.cli.backoff import Backoff
-from kmsd.cli.client import Client, CliError, HttpError, Unreachable, quote_path
+from kmsd.cli.client import Client, CliError, HttpError, Unreachable, quote_path, transient
 from kmsd.cli.output import Subparsers, emit, print_table, read_verb
 
 # First retry after 0.2 s (a replica restarting behind a load balancer is often back at once),
@@ -29,8 +29,6 @@ RETRY_CAP_S = 10.0
 # Retry-After is honoured as given, up to this: a typo in a proxy must not park a watch for
 # a day.
 RETRY_AFTER_MAX_S = 300.0
-# Answers that mean "this server, or the one behind this proxy, cannot serve you now".
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 # How long a watch request may take beyond the hold kmsd was asked for.
 CLIENT_SLACK_S = 30
 
@@ -91,7 +89,7 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> None:
                 del body["role"]
                 _say("this kmsd does not know observers; rotation gates will count this watch")
                 continue
-            if exc.status not in TRANSIENT_STATUSES:
+            if not transient(exc):
                 raise
             asked = exc.retry_after is not None
             if exc.retry_after is not None:

@@ -8,7 +8,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kmsd.cli.client import Client, CliError, _why, parse_retry_after, read_input
+from kmsd.cli.client import (
+    Client,
+    CliError,
+    HttpError,
+    Unreachable,
+    _why,
+    parse_retry_after,
+    read_input,
+    transient,
+)
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -64,3 +73,19 @@ def test_kmsd_addr_must_be_an_http_url(monkeypatch: pytest.MonkeyPatch, addr: st
 def test_an_unreadable_file_is_named(tmp_path: object) -> None:
     with pytest.raises(CliError, match=r"^--file /nonexistent/x: No such file or directory$"):
         read_input("/nonexistent/x", "--file")
+
+
+@pytest.mark.parametrize(
+    ("exc", "retry"),
+    [
+        (Unreachable("cannot reach kmsd at http://k", "connection refused"), True),
+        (HttpError("Replica shutting down (503): ...", 503, retry_after=3), True),
+        (HttpError("HTTP 502 Bad Gateway", 502, retry_after=None), True),
+        (HttpError("Too many requests (429)", 429, retry_after=1), True),
+        (HttpError("Not found (404): ...", 404, retry_after=None), False),
+        (HttpError("Authentication required (401): ...", 401, retry_after=None), False),
+        (CliError("--file x: No such file or directory"), False),
+    ],
+)
+def test_what_a_retry_may_cure(exc: CliError, retry: bool) -> None:
+    assert transient(exc) is retry

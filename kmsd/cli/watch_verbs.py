@@ -57,6 +57,11 @@ class _Outage:
             self.since = None
 
 
+def _refuses_role(exc: HttpError) -> bool:
+    """A 400 naming ``role`` as an unknown field: this kmsd predates observers."""
+    return exc.status == 400 and "unknown field" in exc.detail and "'role'" in exc.detail
+
+
 def cmd_watch(c: Client, args: argparse.Namespace) -> None:
     """Long-poll a path and print each new version; reconnect whenever the server goes away."""
     c.timeout = args.timeout + CLIENT_SLACK_S
@@ -84,7 +89,7 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> None:
             time.sleep(pause)
             continue
         except HttpError as exc:
-            if exc.status == 400 and "'role'" in exc.detail and "role" in body:
+            if _refuses_role(exc) and "role" in body:
                 # A kmsd from before observers refuses the field: watch as a plain instance.
                 del body["role"]
                 _say("this kmsd does not know observers; rotation gates will count this watch")

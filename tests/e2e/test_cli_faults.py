@@ -223,7 +223,7 @@ def test_piped_into_head_prints_nothing_on_stderr(
 ) -> None:
     ops = Ops(kmsd, admin, moto_endpoint)
     ops("node", "create", "prod/pay", "--parents")
-    for n in range(20):  # enough rows that head may leave while kmsctl still writes
+    for n in range(3):  # a few lines; the closed-pipe test above makes the failure certain
         ops("secret", "put", "prod/pay", f"s{n}", "--json", '{"k": 1}')
     for verb in ("audit list --limit 1000", "effective prod/pay"):
         shell = subprocess.run(

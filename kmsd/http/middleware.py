@@ -11,11 +11,12 @@ import re
 import time
 import uuid
 
+import asyncpg
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from kmsd.errors import KmsError, MethodNotAllowed, NotFound, PayloadTooLarge
+from kmsd.errors import KmsError, MethodNotAllowed, NotFound, PayloadTooLarge, Unavailable
 from kmsd.http.access import resolve_client_address
 from kmsd.http.audit import audit_outcome
 from kmsd.http.auth import admit
@@ -23,6 +24,16 @@ from kmsd.http.common import PRINCIPAL, REQUEST_ID, problem_response
 from kmsd.keys import METRICS
 
 log = structlog.get_logger("kmsd.http")
+
+# A database connection lost under a handler: answered 503 + Retry-After, never a 500.
+DB_LOST = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    ConnectionError,
+)
 
 CLIENT_CLOSED_REQUEST = 499
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -91,14 +102,24 @@ async def outcome(request: web.Request, handler: Handler) -> web.StreamResponse:
         mapped = _HTTP_ERRORS.get(exc.status)
         if mapped is None:
             raise
-        response = problem_response(
-            mapped(f"{exc.reason}: {request.method} {request.path}"), request_id
-        )
+        err = mapped(f"{exc.reason}: {request.method} {request.path}")
+        # A 405 must say which methods the resource has (RFC 9110 15.5.6): keep aiohttp's Allow.
+        if "Allow" in exc.headers:
+            err.headers["Allow"] = exc.headers["Allow"]
+        response = problem_response(err, request_id)
     except asyncio.CancelledError:
         # The client hung up. Writes are shielded and may still complete: the trail must
         # show the call all the same (499, as nginx logs a closed request), then unwind.
         await audit_outcome(request, web.Response(status=CLIENT_CLOSED_REQUEST))
         raise
+    except DB_LOST as exc:
+        # The database went away mid-call (a write that reached SM says so itself, with its
+        # own detail, before this): nothing is known to have changed; retry.
+        log.warning("database_unavailable", error=type(exc).__name__)
+        response = problem_response(
+            Unavailable("kmsd lost its database connection; retry after Retry-After"),
+            request_id,
+        )
     except Exception:
         log.exception("unhandled_error")
         response = problem_response(KmsError("internal error; quote the request id"), request_id)

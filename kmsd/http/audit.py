@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from kmsd.db.audit import AuditUnavailable
@@ -24,6 +25,8 @@ from kmsd.http.common import (
     problem_response,
 )
 from kmsd.keys import AUDIT, CLOCK, SETTINGS
+
+log = structlog.get_logger(__name__)
 
 # (method, route) -> action. Routes not listed are audited as "unknown".
 ACTIONS: dict[tuple[str, str], str] = {
@@ -119,6 +122,11 @@ async def audit_outcome(request: web.Request, response: web.StreamResponse) -> w
         try:
             await request.app[AUDIT].write(_entry(request, response.status))
         except AuditUnavailable:
+            if response.status >= 500:
+                # Already a failure (its attempt row is in the trail): keep what it says, e.g.
+                # that a value reached SM and will be reconciled, rather than hide it.
+                log.error("audit_outcome_lost", status=response.status)
+                return response
             return problem_response(Unavailable(FAIL_CLOSED), request[REQUEST_ID])
     return response
 

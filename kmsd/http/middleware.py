@@ -102,11 +102,11 @@ async def outcome(request: web.Request, handler: Handler) -> web.StreamResponse:
         mapped = _HTTP_ERRORS.get(exc.status)
         if mapped is None:
             raise
-        err = mapped(f"{exc.reason}: {request.method} {request.path}")
+        refusal = mapped(f"{exc.reason}: {request.method} {request.path}")
         # A 405 must say which methods the resource has (RFC 9110 15.5.6): keep aiohttp's Allow.
         if "Allow" in exc.headers:
-            err.headers["Allow"] = exc.headers["Allow"]
-        response = problem_response(err, request_id)
+            refusal.headers["Allow"] = exc.headers["Allow"]
+        response = problem_response(refusal, request_id)
     except asyncio.CancelledError:
         # The client hung up. Writes are shielded and may still complete: the trail must
         # show the call all the same (499, as nginx logs a closed request), then unwind.

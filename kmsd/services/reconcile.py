@@ -23,7 +23,7 @@ import orjson
 import structlog
 
 from kmsd.aws.sm import SecretsWriter
-from kmsd.db import Conn, store
+from kmsd.db import Conn, hold, store
 from kmsd.db import rotations as rotations_db
 from kmsd.domain.writes import Intent, Recorded, Resolution, resolve
 from kmsd.errors import KmsError
@@ -56,7 +56,7 @@ async def reconcile(pool: asyncpg.Pool, sm: SecretsWriter, min_age: timedelta) -
             await writes.apply_delete(pool, sm, row["id"], row["sm_name"])
             counts["deleted"] += 1
             continue
-        async with pool.acquire() as conn:
+        async with hold(pool) as conn:
             if not await conn.fetchval(writes.TRY_LOCK, row["sm_name"]):
                 counts["skipped"] += 1  # a write to this secret is in flight
                 continue
@@ -133,7 +133,7 @@ async def sweep_labels(pool: asyncpg.Pool, sm: SecretsWriter, after: int) -> tup
     rows = await pool.fetch(_SWEEP_BATCH, after, SWEEP_BATCH)
     moves = 0
     for row in rows:
-        async with pool.acquire() as conn:
+        async with hold(pool) as conn:
             if not await conn.fetchval(writes.TRY_LOCK, row["sm_name"]):
                 continue  # a write or a rotation step is on it: it leaves the labels right
             try:

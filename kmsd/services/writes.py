@@ -32,15 +32,11 @@ import orjson
 import structlog
 
 from kmsd.aws.sm import SecretsWriter
-from kmsd.db import Conn, store
+from kmsd.db import DB_LOST, Conn, hold, store
 from kmsd.db import rotations as rotations_db
 from kmsd.db.changes import record_change, record_secret_change
 from kmsd.domain.names import NodePath
 from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
-
-# A database that went away mid-write: the connection died (InterfaceError), the server
-# refused or closed it (PostgresError), the socket failed, or a pool wait ran out.
-DB_LOST = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 log = structlog.get_logger(__name__)
 
@@ -121,7 +117,7 @@ async def put_secret(
     """Create or version a secret; return its metadata (never the value)."""
     sm_name = sm_name_for(prefix, req.path, req.name)
     version_id = str(uuid.uuid4())
-    async with pool.acquire() as conn:
+    async with hold(pool) as conn:
         await conn.execute(LOCK, sm_name)
         try:
             async with conn.transaction():
@@ -228,11 +224,13 @@ def _intent(req: PutRequest, sm_name: str) -> dict[str, Any]:
 
 
 async def unlock(conn: Conn, sm_name: str) -> None:
-    """Release the secret's lock; on a dead connection the lock died with its session."""
-    if conn.is_closed():
-        return
+    """Release the secret's lock; on a dead connection the lock died with its session.
+
+    (A pooled connection that died is detached from its proxy: even ``is_closed()`` raises.)
+    """
     try:
-        await conn.execute(UNLOCK, sm_name)
+        if not conn.is_closed():
+            await conn.execute(UNLOCK, sm_name)
     except DB_LOST as exc:
         log.warning("secret_unlock_failed", sm_name=sm_name, error=type(exc).__name__)
 
@@ -393,7 +391,7 @@ async def apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_na
     A deletion is stale when its row is gone (a later put cancelled it) or when the secret
     exists again in PostgreSQL: deleting in SM then would destroy the re-created secret.
     """
-    async with pool.acquire() as conn:
+    async with hold(pool) as conn:
         await conn.execute(LOCK, sm_name)
         try:
             if not await conn.fetchval(_DELETE_STILL_WANTED, row_id, sm_name):

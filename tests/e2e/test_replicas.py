@@ -53,14 +53,15 @@ def test_change_through_one_replica_wakes_a_poll_on_the_other(
     assert watcher.returncode == 0, err
     assert json.loads(out)["path_version"] > doc["path_version"]
 
-    # The poll reported its instance: once B flushes (every second), A's adoption shows it.
-    def reported() -> list[str]:
+    # The poll reported its instance: once B flushes (every second), A's adoption shows it, as an
+    # observer (a watch holds no value, so no rotation gate waits for it).
+    def reported() -> tuple[list[str], list[str]]:
         doc = json.loads(
             run_kmsctl(a.addr, admin, moto_endpoint, "adoption", "prod/pay/eu", "--output", "json")
         )
-        return [i["instance_id"] for i in doc["instances"]]
+        return [i["instance_id"] for i in doc["observers"]], doc["instances"]
 
-    wait_until(lambda: reported() == [f"kmsctl-{watcher.pid}"], "B to flush adoption")
+    wait_until(lambda: reported() == ([f"kmsctl-{watcher.pid}"], []), "B to flush adoption")
 
 
 def test_sigterm_answers_held_polls_and_exits(

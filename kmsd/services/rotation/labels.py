@@ -11,6 +11,7 @@ import asyncpg
 import structlog
 
 from kmsd.aws.sm import SecretsWriter
+from kmsd.db import hold
 from kmsd.db import rotations as rotations_db
 from kmsd.errors import KmsError, NotFound
 from kmsd.services import labels, writes
@@ -30,7 +31,7 @@ class RotationLabels:
         row = await self.pool.fetchrow(rotations_db.BY_ID, rotation_id)
         if row is None:
             raise NotFound(f"rotation {rotation_id} does not exist")
-        async with self.pool.acquire() as conn:
+        async with hold(self.pool) as conn:
             # Serialised with writes and transitions of the same secret (one advisory lock key):
             # no transition can commit between reading the stages and clearing labels_pending.
             await conn.execute(writes.LOCK, row["sm_name"])

@@ -11,9 +11,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from kmsd.cli.backoff import Backoff
 from kmsd.cli.client import Client, CliError, quote_path, read_input, transient
 from kmsd.cli.output import Subparsers, emit, read_verb
+from kmsd.domain.backoff import Backoff
 
 BAR_WIDTH = 30
 FOLLOW_INTERVAL_S = 1.0

@@ -18,9 +18,9 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from kmsd.cli.backoff import Backoff
 from kmsd.cli.client import Client, CliError, HttpError, Unreachable, quote_path, transient
 from kmsd.cli.output import Subparsers, emit, print_table, read_verb
+from kmsd.domain.backoff import Backoff
 
 # First retry after 0.2 s (a replica restarting behind a load balancer is often back at once),
 # doubling to 10 s: a watch left running through a long outage still notices the return soon.

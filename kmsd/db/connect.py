@@ -20,7 +20,7 @@ import asyncpg
 import structlog
 
 # The pure backoff lives with kmsctl's (one implementation for both retry loops).
-from kmsd.cli.backoff import Backoff
+from kmsd.domain.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kmsd.cli.backoff import Backoff
+from kmsd.domain.backoff import Backoff
 
 
 @pytest.mark.parametrize(("initial", "cap"), [(0.2, 10.0), (0.2, 5.0), (1.0, 1.0)])

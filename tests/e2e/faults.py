@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -351,54 +352,38 @@ class Postgres:
         finally:
             self.thaw(pid)
 
+    @contextlib.contextmanager
+    def refusing_connections(self) -> Iterator[None]:
+        """While in the block, the database takes no new connection (open ones carry on).
+
+        A client that notices a hung connection may reconnect at once; refusing new
+        connections keeps its path down until the block ends. Set from the server's
+        maintenance database (a database cannot refuse connections while one is on it).
+        """
+        name = self.fetchval("SELECT current_database()")
+        parts = urllib.parse.urlsplit(self.dsn)
+        maintenance = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
+        ident = '"' + str(name).replace('"', '""') + '"'
+
+        async def allow(value: bool) -> None:
+            conn = await asyncpg.connect(maintenance)
+            try:
+                await conn.execute(f"ALTER DATABASE {ident} ALLOW_CONNECTIONS {value}")
+            finally:
+                await conn.close()
+
+        self._run(allow(False))
+        try:
+            yield
+        finally:
+            self._run(allow(True))
+
     def close(self) -> None:
         for pid in list(self.frozen):
             self.thaw(pid)  # never leave a stopped backend behind
         with contextlib.suppress(Exception):
             self._run(self._conn.close())
         self._loop.close()
-
-
-class FreezeAll:
-    """Keep every backend named ``application_name`` frozen (new ones too) while in the block.
-
-    A client that notices a hung backend may reconnect at once; freezing its new backends as
-    they appear keeps that path hung until the block ends, when every one is resumed.
-    """
-
-    def __init__(self, pg: Postgres, application_name: str, *, every_s: float = 0.01) -> None:
-        self.pg, self.name, self.every_s = pg, application_name, every_s
-        self.pids: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        # The watcher's own connection: the test's may be busy on the main thread.
-        self._watch = Postgres(pg.dsn)
-
-    def __enter__(self) -> FreezeAll:
-        first = self._watch.backends(self.name)
-        assert first, (
-            f"no backend named {self.name!r}: connected are {self._watch.application_names()}"
-        )
-        self._freeze(first)
-        self._thread.start()
-        return self
-
-    def _freeze(self, pids: list[int]) -> None:
-        for pid in pids:
-            if pid not in self.pids:
-                with contextlib.suppress(ProcessLookupError):
-                    self._watch.freeze(pid)
-                    self.pids.append(pid)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            with contextlib.suppress(Exception):
-                self._freeze(self._watch.backends(self.name))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._watch.close()  # SIGCONT to every one of them
 
 
 # -- HTTP, SM and PostgreSQL state --------------------------------------------------------------
@@ -496,6 +481,11 @@ def sm_value(sm_client: Any, secret_id: str, version_id: str) -> Any:
     """A version's value straight from moto (by version id: moto's default read is stale)."""
     got = sm_client.get_secret_value(SecretId=secret_id, VersionId=version_id)
     return json.loads(got["SecretString"])
+
+
+def unique_app(prefix: str = "prod/shop") -> str:
+    """An application path no other test uses (moto, and so SM's names, live per session)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def holds(check: Callable[[], bool], for_s: float, what: str) -> None:

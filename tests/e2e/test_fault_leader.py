@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Identity
-from tests.e2e.faults import Deliveries, Postgres, holds, wait_for
+from tests.e2e.faults import Deliveries, Postgres, holds, unique_app, wait_for
 from tests.e2e.harness import Ops, Replica
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-APP = "prod/shop"
+APP = unique_app()  # moto lives per session: an SM name of its own
 TICK_S = 0.2
 IDS = ("lead-a", "lead-b")
 

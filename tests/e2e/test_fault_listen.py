@@ -1,8 +1,11 @@
 """A replica whose LISTEN backend hangs, end to end: two ``kmsd serve`` processes on one
-PostgreSQL; replica B's LISTEN backend (``kmsd-listen/<replica>``) is frozen with SIGSTOP - and
-so is every new one B opens, until the test lets go. B must say so (``/healthz`` 503), answer
-the polls it holds with 503 and ``Retry-After`` (clients re-poll elsewhere), and come back by
-itself once the backend runs again, with changes waking its polls."""
+PostgreSQL; replica B's LISTEN backend (``kmsd-listen/<replica>``) is frozen with SIGSTOP.
+
+B must notice within ping + timeout and answer the polls it holds with 503 and ``Retry-After``
+(clients re-poll elsewhere). Alone, a frozen backend is simply replaced: B reconnects and its
+polls are woken again while the old backend is still stopped. When the database also refuses
+new connections (the LISTEN path stays down), ``/healthz`` says 503 for as long as that lasts,
+and B comes back by itself once the backend runs and connections are taken again."""
 
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Identity
-from tests.e2e.faults import FreezeAll, Postgres, health, request, wait_for
+from tests.e2e.faults import Postgres, health, holds, request, unique_app, wait_for
 from tests.e2e.harness import Answer, Ops, Replica, login
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-APP = "prod/feed"
+APP = unique_app("prod/feed")
 PING_S, PING_TIMEOUT_S = 0.5, 1.0
 
 
@@ -74,40 +77,77 @@ def version(addr: str, token: str) -> int:
     return int(answer.body["path_version"])
 
 
-def test_a_frozen_listen_backend_turns_the_replica_unhealthy_and_it_recovers_by_itself(
-    pair: tuple[Replica, Replica], pg: Postgres, admin: Identity, moto_endpoint: str
-) -> None:
-    a, b = pair
+def setup_path(a: Replica, b: Replica, admin: Identity, moto_endpoint: str) -> tuple[Ops, str]:
     ops = Ops(a, admin, moto_endpoint)
     ops("node", "create", APP, "--parents")
     ops.put(APP, "db", {"password": "v0"})
-    token = login(b.addr, admin, moto_endpoint)
-    held = Poll(b.addr, token, version(b.addr, token))
-    wait_for(lambda: b.held_polls() == 1, "the poll to be held on B", 10)
+    return ops, login(b.addr, admin, moto_endpoint)
 
-    with FreezeAll(pg, "kmsd-listen/feed-b") as frozen:
-        started = time.monotonic()
-        went_down = wait_for(lambda: health(b) == 503, "B's /healthz to turn 503", 10)
-        assert went_down <= PING_S + PING_TIMEOUT_S + 2, f"noticed after {went_down:.1f} s"
-        assert health(a) == 200  # A's own feed is fine
-        wait_for(lambda: held.answer is not None, "the held poll to be answered", 5)
-        assert held.answer is not None
-        assert held.answer.status == 503, held.answer
-        assert held.answer.headers["Content-Type"].startswith("application/problem+json")
-        assert 1 <= int(held.answer.headers.get("Retry-After", "0")) <= 60, held.answer
-        assert held.answered_at - started < 10
-        assert frozen.pids, "nothing was frozen"
 
-    came_back = wait_for(lambda: health(b) == 200, "B to recover by itself", 20)
-    # Its polls are woken by changes again, made through the other replica.
+def check_moved(poll: Poll, frozen_at: float) -> None:
+    """A poll held on a replica that went deaf: answered 503 with Retry-After, promptly."""
+    wait_for(lambda: poll.answer is not None, "the held poll to be answered", 10)
+    assert poll.answer is not None
+    assert poll.answer.status == 503, poll.answer
+    assert poll.answer.headers["Content-Type"].startswith("application/problem+json")
+    assert 1 <= int(poll.answer.headers.get("Retry-After", "0")) <= 60, poll.answer
+    noticed = poll.answered_at - frozen_at
+    # Detection takes ping + timeout; the rest is slack for a loaded machine.
+    assert noticed < PING_S + PING_TIMEOUT_S + 3, f"noticed after {noticed:.1f} s"
+
+
+def check_woken(ops: Ops, a: Replica, b: Replica, token: str, value: str) -> None:
+    """A poll held on B is answered by a change made through A."""
     poll = Poll(b.addr, token, version(b.addr, token))
-    wait_for(lambda: b.held_polls() == 1, "a new poll to be held on B", 10)
+    wait_for(lambda: b.held_polls() == 1, "a poll to be held on B", 10)
     before = version(a.addr, token)
-    put_at = time.monotonic()
-    ops.put(APP, "db", {"password": "v1"})
+    ops.put(APP, "db", {"password": value})
+    put_done = time.monotonic()
     wait_for(lambda: poll.answer is not None, "the change to wake B's poll", 5)
     assert poll.answer is not None
     assert poll.answer.status == 200, poll.answer
     assert poll.answer.body["path_version"] > before
-    assert poll.answered_at - put_at < 3
+    assert poll.answered_at - put_done < 3
+
+
+def test_a_frozen_listen_backend_is_noticed_and_replaced(
+    pair: tuple[Replica, Replica], pg: Postgres, admin: Identity, moto_endpoint: str
+) -> None:
+    a, b = pair
+    ops, token = setup_path(a, b, admin, moto_endpoint)
+    held = Poll(b.addr, token, version(b.addr, token))
+    wait_for(lambda: b.held_polls() == 1, "the poll to be held on B", 10)
+    pid = pg.backend("kmsd-listen/feed-b")
+    with pg.frozen_backend(pid):
+        frozen_at = time.monotonic()
+        check_moved(held, frozen_at)
+        # B opens a new LISTEN connection by itself and listens again, the old one still frozen.
+        wait_for(
+            lambda: [p for p in pg.backends("kmsd-listen/feed-b") if p != pid] != [],
+            f"a new LISTEN backend for B: {pg.application_names()}",
+            10,
+        )
+        wait_for(lambda: health(b) == 200, "B to be healthy on its new connection", 10)
+        assert health(a) == 200
+        check_woken(ops, a, b, token, "v1")
+
+
+def test_while_the_listen_path_stays_down_b_is_unhealthy_then_recovers_by_itself(
+    pair: tuple[Replica, Replica], pg: Postgres, admin: Identity, moto_endpoint: str
+) -> None:
+    a, b = pair
+    ops, token = setup_path(a, b, admin, moto_endpoint)
+    held = Poll(b.addr, token, version(b.addr, token))
+    wait_for(lambda: b.held_polls() == 1, "the poll to be held on B", 10)
+    pid = pg.backend("kmsd-listen/feed-b")
+    with pg.refusing_connections(), pg.frozen_backend(pid):
+        frozen_at = time.monotonic()
+        went_down = wait_for(lambda: health(b) == 503, "B's /healthz to turn 503", 10)
+        check_moved(held, frozen_at)
+        # While B cannot listen, it keeps saying so; A, listening, stays healthy.
+        holds(lambda: health(b) == 503, 2 * (PING_S + PING_TIMEOUT_S), "B reported down")
+        assert health(a) == 200
+    came_back = wait_for(lambda: health(b) == 200, "B to recover by itself", 20)
+    check_woken(ops, a, b, token, "v1")
+    assert went_down < 10
     assert came_back < 20

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import Identity
-from tests.e2e.faults import holders, host_agent, sm_labels, wait_for
+from tests.e2e.faults import holders, host_agent, sm_labels, unique_app, wait_for
 from tests.e2e.harness import DEADLINE_S, AgentProcess, Ops, Replica, kmsctl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-APP = "prod/shop"
+APP = unique_app()  # moto lives per session: an SM name of its own
 # kmsd's longest hold: an instance silent for three of them (30 s) is stale. A rotation that
 # waited for either watch would take that long; one that does not, a few seconds.
 HOLD_S = 10

@@ -32,13 +32,13 @@ from tests.e2e.faults import (
     put_json,
     sm_labels,
     sm_value,
+    unique_app,
     wait_for,
 )
 from tests.e2e.harness import AgentProcess, Ops, Replica, login
 
 pytestmark = pytest.mark.e2e
 
-APP = "prod/shop"
 PUT_OP = "secretsmanager.PutSecretValue"
 # Small reconciler settings: a pass every half second, intents resolved once a second old.
 FAST = {
@@ -65,26 +65,34 @@ class Rig:
     make_user: Any
     workdir: Path
     agents: list[AgentProcess] = field(default_factory=list)
+    # A path of its own: moto lives for the whole session, and an SM secret another test
+    # left under the same name would be adopted, with its versions and labels.
+    app: str = field(default_factory=unique_app)
 
     def put(self, value: dict[str, Any]) -> Any:
-        return put_json(self.kmsd.addr, self.token, APP, "db", value)
+        return put_json(self.kmsd.addr, self.token, self.app, "db", value)
 
     def stages(self) -> dict[str, str]:
-        return pg_stages(self.kmsd.addr, self.token, APP, "db")
+        return pg_stages(self.kmsd.addr, self.token, self.app, "db")
 
     def outbox_empty(self) -> bool:
         return self.pg.outbox() == []
 
     def agent(self, name: str) -> AgentProcess:
         host: Identity = self.make_user(f"{name}-{self.workdir.name[-10:]}")
-        self.ops("app", "bind", APP, "--role", host.arn)
-        agent = host_agent(host, self.kmsd, self.moto, self.workdir / name, APP, instance_id=name)
+        self.ops("app", "bind", self.app, "--role", host.arn)
+        agent = host_agent(
+            host, self.kmsd, self.moto, self.workdir / name, self.app, instance_id=name
+        )
         self.agents.append(agent)
         return agent.wait_ready()
 
     def first_version(self) -> str:
-        self.ops("node", "create", APP, "--parents")
-        return self.ops.put(APP, "db", {"password": "v0"})
+        self.ops("node", "create", self.app, "--parents")
+        return self.ops.put(self.app, "db", {"password": "v0"})
+
+    def arn(self) -> str:
+        return str(self.sm_client.describe_secret(SecretId=f"kmsd/{self.app}/db")["ARN"])
 
     def in_doubt(self) -> list[str]:
         return [str(r["version_id"]) for r in self.pg.outbox() if r["op"] == "put"]
@@ -157,11 +165,16 @@ def settled(rig: Rig, arn: str, current: str, superseded: str | None) -> None:
     labels = sm_labels(rig.sm_client, arn)
     assert holders(labels, "AWSCURRENT") == [current], labels
     # Any other label SM moved by itself (AWSPREVIOUS) is brought to PostgreSQL's stages.
-    wait_for(
-        lambda: disagreements(rig.stages(), sm_labels(rig.sm_client, arn)) == [],
-        f"SM's labels to mirror PostgreSQL: {disagreements(rig.stages(), labels)}",
-        5,
-    )
+    try:
+        wait_for(
+            lambda: disagreements(rig.stages(), sm_labels(rig.sm_client, arn)) == [],
+            "SM's labels to mirror PostgreSQL",
+            5,
+        )
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}: PostgreSQL {rig.stages()}, SM {sm_labels(rig.sm_client, arn)}"
+        ) from None
     got = rig.sm_client.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")
     assert got["VersionId"] == current
     fresh = rig.agent(f"fresh-{len(rig.agents)}")
@@ -191,7 +204,7 @@ def test_a_write_whose_sm_answer_was_lost_is_settled_by_the_reconciler(
     assert PUT_OP in rig.sm.ops("drop_answers"), rig.sm.requests
     assert rig.sm.dropped >= 1
     (doubt,) = rig.in_doubt()  # the intent is kept for the reconciler
-    arn = rig.sm_client.describe_secret(SecretId=f"kmsd/{APP}/db")["ARN"]
+    arn = rig.arn()
     assert doubt in sm_labels(rig.sm_client, arn)
     assert sm_value(rig.sm_client, arn, doubt) == {"password": "answer-lost"}
 
@@ -245,7 +258,7 @@ def test_postgresql_cut_between_the_sm_write_and_the_metadata(
         assert 1 <= int(cut.headers.get("Retry-After", "0")) <= 120, cut
         assert "reached Secrets Manager" in cut.body["detail"], cut.body
         (doubt,) = rig.in_doubt()  # the intent survived (committed before the SM call)
-        arn = rig.sm_client.describe_secret(SecretId=f"kmsd/{APP}/db")["ARN"]
+        arn = rig.arn()
         assert holders(sm_labels(rig.sm_client, arn), "AWSCURRENT") == [doubt]
 
         wait_for(lambda: health(rig.kmsd) == 200, "kmsd to be healthy again", 20)
@@ -272,8 +285,8 @@ def test_postgresql_cut_between_the_sm_write_and_the_metadata(
 def test_a_label_moved_behind_kmsds_back_is_put_back_by_the_reconciler(rig_factory: Any) -> None:
     rig: Rig = rig_factory()
     v1 = rig.first_version()
-    v2 = rig.ops.put(APP, "db", {"password": "v2"})
-    arn = rig.sm_client.describe_secret(SecretId=f"kmsd/{APP}/db")["ARN"]
+    v2 = rig.ops.put(rig.app, "db", {"password": "v2"})
+    arn = rig.arn()
     assert holders(sm_labels(rig.sm_client, arn), "AWSCURRENT") == [v2]
     # Someone with SM rights moves AWSCURRENT back to the older version, straight at moto.
     rig.sm_client.update_secret_version_stage(
@@ -304,11 +317,11 @@ def test_a_hanging_sm_fails_the_put_within_the_call_bound_then_both_sides_agree(
         {"KMSD_AWS_CALL_TIMEOUT": "3", "KMSD_AWS_READ_TIMEOUT": "10"},
     )
     v0 = rig.first_version()
-    arn = rig.sm_client.describe_secret(SecretId=f"kmsd/{APP}/db")["ARN"]
+    arn = rig.arn()
     rig.sm.set_mode("blackhole")
     started = time.monotonic()
     try:
-        hung = put_json(rig.kmsd.addr, rig.token, APP, "db", {"password": "no"}, timeout=30)
+        hung = put_json(rig.kmsd.addr, rig.token, rig.app, "db", {"password": "no"}, timeout=30)
     except TimeoutError:
         raise AssertionError("no answer within 30 s with a 3 s call bound") from None
     took = time.monotonic() - started

@@ -30,6 +30,7 @@ from tests.e2e.faults import (
     pg_relay,
     pg_stages,
     put_json,
+    request,
     sm_labels,
     sm_value,
     unique_app,
@@ -403,3 +404,42 @@ def test_labels_agree_after_a_put_that_follows_a_rotation(
             f"{exc}: PostgreSQL {rig.stages()}, SM {sm_labels(rig.sm_client, arn)}"
         ) from None
     assert holders(sm_labels(rig.sm_client, arn), "AWSCURRENT") == [after.body["version_id"]]
+
+
+def test_an_unreachable_sm_fails_the_put_plainly_and_leaves_nothing(rig_factory: Any) -> None:
+    """Connections refused: SM cannot have the value, so the 502 is not ambiguous, the intent
+    is gone at once, and SM and PostgreSQL are as before."""
+    rig: Rig = rig_factory(HOLD_INTENTS)
+    v0 = rig.first_version()
+    arn = rig.arn()
+    before = sm_labels(rig.sm_client, arn)
+    rig.sm.set_mode("down")
+    refused = rig.put({"password": "nowhere"})
+    rig.sm.set_mode("pass")
+    assert refused.status == 502, refused
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    assert not refused.body.get("ambiguous"), refused.body
+    assert rig.in_doubt() == []  # nothing for the reconciler: the caller's failure stands
+    assert sm_labels(rig.sm_client, arn) == before
+    assert rig.stages() == {v0: "current"}
+
+
+@pytest.mark.slow
+def test_a_first_write_whose_answer_was_lost_is_recorded_by_the_reconciler(
+    rig_factory: Any,
+) -> None:
+    """CreateSecret reached SM, its answer did not: no metadata yet, then the reconciler
+    records the secret itself (AWSCURRENT is on the version, nothing else was acknowledged)."""
+    rig: Rig = rig_factory(HOLD_INTENTS)
+    rig.ops("node", "create", rig.app, "--parents")
+    rig.sm.set_mode("drop_answers")
+    lost = rig.put({"password": "first"})
+    rig.sm.set_mode("pass")
+    assert lost.status == 502, lost
+    assert lost.body.get("ambiguous") is True, lost.body
+    assert "secretsmanager.CreateSecret" in rig.sm.ops("drop_answers"), rig.sm.requests
+    (doubt,) = rig.in_doubt()
+    missing = request(rig.kmsd.addr, "GET", f"/v1/secrets/{rig.app}/db", token=rig.token)
+    assert missing.status == 404, missing  # no metadata until the reconciler decides
+    settled(rig, rig.arn(), current=doubt, superseded=None)
+    assert rig.stages() == {doubt: "current"}

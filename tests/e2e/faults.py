@@ -512,8 +512,9 @@ def wait_for(check: Callable[[], bool], what: str, within_s: float) -> float:
 class Deliveries(ThreadingHTTPServer):
     """A webhook receiver: every delivery (X-Kmsd-Delivery id, parsed body) in arrival order."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer_after_s: float = 0.0) -> None:
         self.got: list[tuple[str | None, dict[str, Any]]] = []
+        self.answer_after_s = answer_after_s  # a slow receiver keeps a delivery in flight
         self._lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _DeliveryHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -555,6 +556,8 @@ class _DeliveryHandler(BaseHTTPRequestHandler):
         except ValueError:
             doc = {"unparsed": body.decode(errors="replace")}
         self.server.add(self.headers.get("X-Kmsd-Delivery"), doc)
+        if self.server.answer_after_s:
+            time.sleep(self.server.answer_after_s)  # the receiver at work, not a test wait
         self.send_response(204)
         self.end_headers()
 

@@ -117,3 +117,36 @@ def test_a_terminated_lock_connection_moves_leadership_once_and_webhooks_are_del
     ((_, body),) = [(d, b) for d, b in got if b.get("action") == "start"]
     assert body["rotation_id"] == rot["id"]
     assert took < 5
+
+
+def test_a_delivery_in_flight_when_the_leader_loses_its_lock_is_not_sent_again(
+    pair: dict[str, Replica], pg: Postgres, admin: Identity, moto_endpoint: str
+) -> None:
+    """The receiver is slow: the start event's delivery is still being answered when the
+    leader's lock backend is terminated. Whoever leads next must not deliver that id again."""
+    wait_for(lambda: len(leaders(pair)) == 1, "exactly one scheduler leader", 10)
+    (old,) = leaders(pair)
+    lock_pid = pg.backend(f"kmsd-leader/{old}")
+    ops = Ops(pair[IDS[0]], admin, moto_endpoint)
+    app = unique_app()
+    ops("node", "create", app, "--parents")
+    ops.put(app, "db", {"password": "old"})
+    hooks = Deliveries(answer_after_s=2.0)
+    try:
+        ops.json("app", "webhook", app, "--url", hooks.url)
+        ops.json("rotate", "start", app, "db", "--value", json.dumps({"password": "new"}))
+        wait_for(lambda: "start" in hooks.actions(), "the start delivery to arrive", 10)
+        assert pg.terminate(lock_pid)  # while the receiver is still answering it
+        wait_for(
+            lambda: len(leaders(pair)) == 1 and lock_pid not in pg.backends(f"kmsd-leader/{old}"),
+            "one leader again",
+            5,
+        )
+        # Long enough for a redelivery (the answer, then a few ticks) to show up.
+        holds(
+            lambda: hooks.duplicates() == [] and hooks.actions().count("start") == 1,
+            2.0 + 10 * TICK_S,
+            f"each delivery once: {hooks.snapshot()}",
+        )
+    finally:
+        hooks.close()

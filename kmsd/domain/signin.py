@@ -104,7 +104,10 @@ def check_login(
     """Raise LoginRejected unless ``req`` is a fresh, signed GetCallerIdentity for us."""
     if req.method != "POST":
         raise LoginRejected("the signed request must be a POST")
-    url = urlsplit(req.url)
+    try:
+        url = urlsplit(req.url)
+    except ValueError:  # e.g. an unclosed [IPv6 literal
+        raise LoginRejected("the signed request URL is not a URL") from None
     want = urlsplit(sts_endpoint)
     if (url.scheme, (url.netloc or "").lower()) != (want.scheme, want.netloc.lower()):
         raise LoginRejected(

@@ -27,6 +27,9 @@ from kmsd.errors import Forbidden, InvalidInput, NotFound
 from kmsd.http.common import AUDIT_TARGET, CLIENT_IP, json_body, json_response, principal
 from kmsd.keys import BINDINGS, POOL, SETTINGS
 
+# Binding ids are PostgreSQL bigint identities (1 .. 2**63 - 1).
+MAX_BIGINT = 2**63 - 1
+
 
 def resolve_client_address(request: web.Request) -> str:
     """Resolve and remember the caller's address (X-Forwarded-For only from trusted proxies)."""
@@ -118,6 +121,8 @@ async def revoke(request: web.Request) -> web.Response:
         binding_id = int(request.match_info["id"])
     except ValueError:
         raise InvalidInput("binding id must be an integer") from None
+    if not 0 < binding_id <= MAX_BIGINT:  # ids are bigint identities: anything else is none
+        raise NotFound(f"binding {request.match_info['id'][:40]} does not exist")
     pool = request.app[POOL]
     row = await pool.fetchrow(bindings_db.GET, binding_id)
     if row is None:

@@ -13,7 +13,14 @@ from kmsd.domain.signin import LoginRequest, check_login, claimed_key_id, princi
 from kmsd.errors import KmsError, Unauthenticated
 from kmsd.http.access import check_allowlist
 from kmsd.http.audit import write_attempt
-from kmsd.http.common import AUDIT_CLAIMED, CLIENT_IP, PRINCIPAL, json_body, json_response
+from kmsd.http.common import (
+    AUDIT_CLAIMED,
+    CLIENT_IP,
+    PRINCIPAL,
+    check_query,
+    json_body,
+    json_response,
+)
 from kmsd.keys import CLOCK, HTTP, METRICS, POOL, SESSIONS, SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -69,13 +76,14 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def admit(request: web.Request) -> None:
-    """Allowlist, sign-in, then the attempt row of a change: everything before the handler.
+    """Allowlist, sign-in, query text, then the attempt row of a change: all before the handler.
 
     Called by the outcome middleware rather than being a middleware of its own: a held poll
     keeps each middleware's frame alive for the whole hold (bench/README.md, memory per poll).
     """
     check_allowlist(request)
     await authenticate(request)
+    check_query(request)
     await write_attempt(request)
 
 

@@ -25,12 +25,37 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+# PostgreSQL's text and jsonb cannot hold U+0000: client text that may be stored (a body's
+# fields, a query filter) is refused with it up front, rather than failing in the database.
+NUL = "\x00"
+
+
+def _nul_at(node: Any, where: str) -> str | None:
+    """The JSON path of the first string (or object key) holding NUL, if any."""
+    if isinstance(node, str):
+        return where if NUL in node else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found = f"{where} (a key)" if NUL in key else _nul_at(value, f"{where}.{key}")
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            if found := _nul_at(value, f"{where}[{i}]"):
+                return found
+    return None
+
+
 async def json_body(
-    request: web.Request, allowed: AbstractSet[str] | None = None
+    request: web.Request,
+    allowed: AbstractSet[str] | None = None,
+    opaque: AbstractSet[str] = frozenset(),
 ) -> dict[str, Any]:
     """Parse a JSON object body or raise a 400/415 that says what was wrong.
 
     With ``allowed``, a field outside it is a 400: a typo must not be silently ignored.
+    No string may hold NUL (PostgreSQL cannot store it), except in the ``opaque`` fields:
+    a secret's value, which goes to Secrets Manager and never to the database.
     """
     if request.content_type not in ("application/json", ""):
         raise UnsupportedMediaType("send the request body as application/json")
@@ -46,7 +71,17 @@ async def json_body(
             f"unknown field(s) {', '.join(map(repr, unknown))}; "
             f"this call takes {', '.join(sorted(allowed))}"
         )
+    for key, value in doc.items():
+        if key not in opaque and (where := _nul_at({key: value}, "body")):
+            raise InvalidInput(f"{where} contains U+0000 (NUL), which kmsd cannot store")
     return doc
+
+
+def check_query(request: web.Request) -> None:
+    """Refuse query parameters holding NUL: they are filters and names, never values."""
+    for key, value in request.query.items():
+        if NUL in key or NUL in value:
+            raise InvalidInput(f"query parameter {key[:40]!r} contains U+0000 (NUL)")
 
 
 def principal(request: web.Request) -> Principal:

@@ -49,23 +49,39 @@ def _param(name: str, where: str, schema: Schema, text: str, *, required: bool =
     return out
 
 
-def _tail(name: str, pattern: str, text: str) -> Schema:
-    return _param(
-        name,
-        "path",
-        {"type": "string", "pattern": pattern},
-        f"{text}; spans slashes (sent plain or as %2F)",
-    )
+def _tail(name: str, pattern: str, text: str, example: str) -> Schema:
+    """A tail parameter; its example (a value with slashes) is also what the tests seed."""
+    schema = {"type": "string", "pattern": pattern, "examples": [example]}
+    text = f"{text}; spans slashes (sent plain or as %2F)"
+    return _param(name, "path", schema, text) | {"example": example}
 
 
-PATH = _tail("path", NODE_PATH, "a node path: namespace[/application[/child...]]")
-APP = _tail("path", APP_PATH, "an application or a node below it: namespace/application[/...]")
-WEBHOOK_APP = _tail("path", APPLICATION, "an application: namespace/application")
-SECRET = _tail("ref", SECRET_REF, "PATH/NAME: a node path, then the secret's name")
-LOCAL = _tail("ref", SECRET_REF, "PATH/LOCAL_NAME: a node path, then the reference's name")
+def _node(example: str) -> Schema:
+    return _tail("path", NODE_PATH, "a node path: namespace[/application[/child...]]", example)
+
+
+def _secret(example: str) -> Schema:
+    return _tail("ref", SECRET_REF, "PATH/NAME: a node path, then the secret's name", example)
+
+
+PATH = _node("prod/payments/us-east-1")
+APP = _tail(
+    "path",
+    APP_PATH,
+    "an application or a node below it: namespace/application[/...]",
+    "prod/payments/us-east-1",
+)
+WEBHOOK_APP = _tail("path", APPLICATION, "an application: namespace/application", "prod/payments")
+SECRET = _secret("prod/payments/db")
+LOCAL = _tail(
+    "ref",
+    SECRET_REF,
+    "PATH/LOCAL_NAME: a node path, then the reference's name",
+    "prod/billing/payments-api-key",
+)
 ROTATION_ID = _param(
     "id", "path", {"type": "string", "pattern": r"^\d{1,18}$"}, "the rotation's id"
-)
+) | {"example": "1"}
 
 
 def _flag(name: str, text: str) -> Schema:
@@ -90,7 +106,11 @@ def _op(
     public: bool = False,
 ) -> Schema:
     """One operation: its answers, its refusals (problem+json) and who may call it."""
-    statuses = set(errors) | (set() if public else set(_GUARDED)) | (set(_BODY) if body else set())
+    # 400 for every call: a query parameter holding NUL is refused before any handler runs.
+    statuses = {400} | set(errors) | (set() if public else set(_GUARDED))
+    statuses |= set(_BODY) if body else set()
+    if any(p["in"] == "path" for p in params):
+        statuses.add(404)  # also the router's answer to a value no route matches (a newline)
     responses: dict[str, Any] = dict(ok)
     for status in sorted(statuses):
         responses[str(status)] = {"$ref": f"#/components/responses/{status}"}
@@ -126,7 +146,9 @@ def _paths() -> dict[str, dict[str, Schema]]:
         "/v1/bindings": {
             "get": _op(
                 "list_bindings", "access", "Bindings at, above or under a prefix", needs="view",
-                params=(_param("path", "query", {"type": "string", "default": "*"},
+                params=(_param("path", "query",
+                               {"anyOf": [{"type": "string", "pattern": NODE_PATH},
+                                          {"const": "*"}], "default": "*"},
                                "a path prefix, or '*' (the default) for every binding"),),
                 ok={"200": _json(ref("Bindings"), "the bindings")}, errors=(400,),
             ),
@@ -137,7 +159,8 @@ def _paths() -> dict[str, dict[str, Schema]]:
         },
         "/v1/bindings/{id}": {"delete": _op(
             "revoke", "access", "Remove a binding", needs="admin",
-            params=(_param("id", "path", {"type": "integer"}, "the binding's id"),),
+            params=(_param("id", "path", {"type": "integer"}, "the binding's id")
+                    | {"example": 2},),
             ok={"200": _json(ref("BindingRevoked"), "revoked")}, errors=(400, 404),
         )},
         "/v1/nodes": {"get": _op(
@@ -160,7 +183,8 @@ def _paths() -> dict[str, dict[str, Schema]]:
             "delete": _op(
                 "delete_node", "tree", "Delete a node (409 while it has children or secrets)",
                 needs="edit",
-                params=(PATH, _flag("recursive", "delete the subtree and its secrets")),
+                params=(_node("prod/payments/eu-west-1"),
+                        _flag("recursive", "delete the subtree and its secrets")),
                 ok={"200": _json(ref("NodeDeleted"), "deleted; SM keeps the secrets for the "
                                                      "recovery window")},
                 errors=(400, 404, 409, 502),
@@ -181,20 +205,20 @@ def _paths() -> dict[str, dict[str, Schema]]:
             ),
             "delete": _op(
                 "delete_secret", "secrets", "Delete a secret (SM keeps it for the recovery window)",
-                needs="edit", params=(SECRET,),
+                needs="edit", params=(_secret("prod/payments/old-token"),),
                 ok={"200": _json(ref("SecretDeleted"), "deleted")}, errors=(400, 404, 409, 502),
             ),
         },
         "/v1/generate/{ref}": {"post": _op(
             "generate_secret", "secrets", "Generate a key by the security profile", needs="edit",
-            params=(SECRET,), body="GenerateRequest",
+            params=(_secret("prod/payments/signing-key"),), body="GenerateRequest",
             ok={"201": _json(ref("SecretGenerated"), "a new secret"),
                 "200": _json(ref("SecretGenerated"), "a new version of an existing secret")},
             errors=(404, 409, 502),
         )},
         "/v1/datakeys/{ref}": {"post": _op(
             "create_datakey", "secrets", "A KMS data key (ciphertext only), or the next period's",
-            needs="edit", params=(SECRET,), body="DataKeyRequest",
+            needs="edit", params=(_secret("prod/payments/files"),), body="DataKeyRequest",
             ok={"201": _json(ref("DataKeyWritten"), "a new data key secret"),
                 "200": _json(ref("DataKeyWritten"), "the next period's key")},
             errors=(404, 409, 502),
@@ -224,7 +248,8 @@ def _paths() -> dict[str, dict[str, Schema]]:
                 "forget_instance", "read", "Forget an instance's reports at a path",
                 needs="rotate",
                 params=(APP, _param("instance", "query", {"type": "string", "pattern": INSTANCE_ID},
-                                    "the instance_id to forget", required=True)),
+                                    "the instance_id to forget", required=True)
+                        | {"example": "i-0abc1234"}),
                 ok={"200": _json(ref("AdoptionForgotten"), "forgotten")}, errors=(400, 404),
             ),
         },
@@ -246,7 +271,7 @@ def _paths() -> dict[str, dict[str, Schema]]:
             params=(
                 _param("principal", "query", {"type": "string"}, "the caller's ARN"),
                 _param("path", "query", {"type": "string", "pattern": NODE_PATH},
-                       "rows about this path and below"),
+                       "rows about this path and below") | {"example": "prod/payments"},
                 _param("action", "query", {"type": "string"}, "e.g. secret.put"),
                 _param("outcome", "query", {"type": "string"},
                        "allowed, denied, rejected, error or attempt"),
@@ -282,9 +307,10 @@ def _paths() -> dict[str, dict[str, Schema]]:
                 needs="edit of the secret",
                 params=(
                     _param("secret", "query", {"type": "string", "pattern": SECRET_REF},
-                           "PATH/NAME of the secret", required=True),
+                           "PATH/NAME of the secret", required=True)
+                    | {"example": "prod/payments/db"},
                     _param("to", "query", {"type": "string", "pattern": APPLICATION},
-                           "NAMESPACE/APP", required=True),
+                           "NAMESPACE/APP", required=True) | {"example": "prod/billing"},
                     _flag("remove_refs", "remove that application's references too"),
                 ),
                 ok={"200": _json(ref("Unshared"), "unshared")}, errors=(400, 404, 409),
@@ -394,7 +420,7 @@ def _paths() -> dict[str, dict[str, Schema]]:
 
 
 # Console pages take the session cookie from /ui/login, or a bearer token.
-_CONSOLE_SECURITY: Schema = {"security": [{"consoleCookie": []}, {"bearer": []}]}
+_CONSOLE_SECURITY: Schema = {"security": [{"bearer": []}, {"consoleCookie": []}]}
 
 
 def _console(

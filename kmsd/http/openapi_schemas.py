@@ -40,6 +40,8 @@ APPLICATION = f"^{SEGMENT_RULE}/{SEGMENT_RULE}$"
 SECRET_REF = f"^{SEGMENT_RULE}(/{SEGMENT_RULE}){{1,{MAX_DEPTH}}}$"
 INSTANCE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 ARN_PATTERN = r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:(role|user)/[A-Za-z0-9+=,.@_/*-]{1,512}$"
+# What base64.b64decode(..., validate=True) accepts: the standard alphabet, padded.
+BASE64 = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 # Secrets Manager's limit on one value; the server answers 413 above it.
 SM_MAX_VALUE_BYTES = 65536
 
@@ -89,14 +91,18 @@ REQUESTS: dict[str, Schema] = {
         {
             "iam_http_request_method": _str(description="the signed request's method: POST"),
             "iam_request_url": _str(
-                contentEncoding="base64", description="base64 of the STS endpoint URL"
+                contentEncoding="base64",
+                pattern=BASE64,
+                description="base64 of the STS endpoint URL",
             ),
             "iam_request_body": _str(
                 contentEncoding="base64",
+                pattern=BASE64,
                 description="base64 of Action=GetCallerIdentity&Version=2011-06-15",
             ),
             "iam_request_headers": _str(
                 contentEncoding="base64",
+                pattern=BASE64,
                 description="base64 of the JSON object of the signed headers; they must include "
                 "X-Kmsd-Server-Id (signed) equal to the server's id",
             ),
@@ -140,6 +146,7 @@ REQUESTS: dict[str, Schema] = {
                 ),
                 "value_b64": _str(
                     contentEncoding="base64",
+                    pattern=BASE64,
                     minLength=1,
                     description=f"binary secrets: the bytes (1 to {SM_MAX_VALUE_BYTES}) in base64",
                 ),
@@ -245,7 +252,9 @@ REQUESTS: dict[str, Schema] = {
                 "name": _str(pattern=SEGMENT),
                 "value": _obj({}, description="the new value of a json secret"),
                 "value_b64": _str(
-                    contentEncoding="base64", description="the new value of a binary secret"
+                    contentEncoding="base64",
+                    pattern=BASE64,
+                    description="the new value of a binary secret",
                 ),
                 "generate": {
                     "type": "boolean",
@@ -260,8 +269,10 @@ REQUESTS: dict[str, Schema] = {
                     "anyOf": [
                         _str(pattern=r"^\s*\d+(\.\d+)?[smhdSMHD]?\s*$"),
                         {"type": "integer", "minimum": 10, "maximum": 30 * 86400},
+                        {"type": "null"},
                     ],
-                    "description": "how long a gate may wait: 90s, 15m, 2h, 1d (10 s to 30 d)",
+                    "description": "how long a gate may wait: 90s, 15m, 2h, 1d (10 s to 30 d); "
+                    "absent or null: 1 h, or 5 min for a leaked secret",
                 },
                 "leaked": {"type": "boolean", "default": False},
             },
@@ -658,7 +669,46 @@ ANSWERS: dict[str, Schema] = {
     "OpenApi": _obj({"openapi": _str()}, ("openapi",)),
 }
 
-SCHEMAS: dict[str, Schema] = {**REQUESTS, **ANSWERS}
+# One example per request body: documentation, and what schemathesis sends first (the tests
+# seed the nodes and secrets these name).
+EXAMPLES: dict[str, Any] = {
+    "BindingRequest": {
+        "principal": "arn:aws:iam::123456789012:role/payments-host-*",
+        "path": "prod/payments",
+        "permission": "read",
+    },
+    "PutSecretRequest": {
+        "kind": "json",
+        "value": {"user": "payments", "password": "example-only"},
+        "description": "the database login",
+    },
+    "GenerateRequest": {"use": "signing"},
+    "DataKeyRequest": {"cmk": "alias/payments", "period_days": 182},
+    "WatchRequest": {
+        "path": "prod/payments/us-east-1",
+        "path_version": 0,
+        "instance_id": "i-0abc1234",
+        "app_process_ids": ["4242"],
+        "held": {},
+    },
+    "ShareRequest": {"secret": "prod/payments/api-key", "to": "prod/billing"},
+    "RefRequest": {"target": "prod/payments/api-key"},
+    "RotationStartRequest": {
+        "path": "prod/payments",
+        "name": "db",
+        "value": {"user": "payments", "password": "rotated"},
+        "mode": "manual",
+    },
+    "RotationCommandRequest": {"force": False},
+    "WebhookRequest": {"url": "https://hooks.example.com/kmsd"},
+}
+SCHEMAS: dict[str, Schema] = {
+    **{
+        name: {**s, "examples": [EXAMPLES[name]]} if name in EXAMPLES else s
+        for name, s in REQUESTS.items()
+    },
+    **ANSWERS,
+}
 
 # Every refusal kmsd sends, by status: the error class it comes from names the problem type.
 PROBLEMS: dict[int, tuple[type[KmsError] | None, str]] = {

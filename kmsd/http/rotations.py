@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,7 +51,7 @@ async def _secret_path(request: web.Request, rotation_id: int) -> str:
 
 
 async def start(request: web.Request) -> web.Response:
-    doc = await json_body(request, allowed=START_FIELDS)
+    doc = await json_body(request, allowed=START_FIELDS, opaque={"value"})
     raw_path, name = doc.get("path"), doc.get("name")
     if not isinstance(raw_path, str) or not isinstance(name, str):
         raise InvalidInput("'path' and 'name' (strings) name the secret to rotate")
@@ -149,17 +151,45 @@ async def act(request: web.Request) -> web.Response:
 # -- webhooks ---------------------------------------------------------------------------------
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+MAX_URL = 2048
+
+
+def _webhook_url(raw: object) -> str:
+    """An http(s) URL with a DNS name (ASCII; IDNs as punycode) or an IP address as its host.
+
+    Checked before anything resolves the host: a malformed URL is the caller's mistake (400),
+    never a resolver error, and it never reaches the delivery loop.
+    """
+    refused = InvalidInput(
+        "'url' must be an http(s) URL with a host name (ASCII, IDNs as xn--) or an IP address"
+    )
+    if not isinstance(raw, str) or len(raw) > MAX_URL or not raw.isprintable() or " " in raw:
+        raise refused
+    try:
+        parts = urlsplit(raw)
+        host, _ = parts.hostname, parts.port  # .port refuses a port that is not 0-65535
+    except ValueError:  # e.g. an unclosed [IPv6 literal
+        raise refused from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise refused
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise refused from None
+    return raw
+
+
 async def set_webhook(request: web.Request) -> web.Response:
     app_path = NodePath.parse(request.match_info["path"])
     if len(app_path.segments) != 2:
         raise InvalidInput("a webhook belongs to an application: namespace/application")
     who = await authorize(request, "admin", str(app_path))
     doc = await json_body(request, allowed={"url"})
-    url = doc.get("url")
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidInput("'url' must be an http(s) URL")
-    await webhooks.check_destination(str(url), request.app[SETTINGS].webhook_allowed_cidrs)
+    url = _webhook_url(doc.get("url"))
+    await webhooks.check_destination(url, request.app[SETTINGS].webhook_allowed_cidrs)
     key = secrets.token_urlsafe(32)
     # A new hook starts afresh: what was queued for the old one is not replayed to it.
     await request.app[POOL].execute(_DROP_UNDELIVERED, str(app_path))

@@ -83,7 +83,7 @@ async def list_namespaces(request: web.Request) -> web.Response:
 async def put_secret(request: web.Request) -> web.Response:
     path, name = _split_secret(request.match_info["ref"])
     who = await authorize(request, "edit", str(path))
-    doc = await json_body(request, allowed=PUT_SECRET_FIELDS)
+    doc = await json_body(request, allowed=PUT_SECRET_FIELDS, opaque={"value"})
     kind = doc.get("kind", "json")
     if kind not in KINDS:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")

@@ -15,7 +15,7 @@ from kmsd.db.changes import record_change
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.errors import Conflict, Forbidden, InvalidInput, NotFound
 from kmsd.http.access import authorize
-from kmsd.http.common import AUDIT_TARGET, json_body, json_response
+from kmsd.http.common import AUDIT_TARGET, flag, json_body, json_response
 from kmsd.keys import POOL
 
 INSERT_SHARE = """
@@ -80,7 +80,7 @@ async def unshare(request: web.Request) -> web.Response:
     app = _app(request.query.get("to"))
     request[AUDIT_TARGET] = f"{path}/{name}"
     await authorize(request, "edit", str(path))
-    remove_refs = request.query.get("remove_refs", "false").lower() in ("true", "1")
+    remove_refs = flag(request, "remove_refs")
     async with request.app[POOL].acquire() as conn, conn.transaction():
         _, secret_id = await _secret_row(conn, path, name)
         refs = await conn.fetch(REFS_FROM_APP, secret_id, str(app), store.below_pattern(str(app)))

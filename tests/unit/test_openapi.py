@@ -12,13 +12,14 @@ from typing import Any
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from kmsd.app import create_app
 from kmsd.config import Settings
 from kmsd.http.openapi import build, document_bytes
-from kmsd.http.openapi_schemas import SCHEMAS
+from kmsd.http.openapi_schemas import EXAMPLES, SCHEMAS
 
 METHODS = ("get", "put", "post", "delete", "patch")
 # Documented ahead of its route, which another change is adding: tolerated only while absent.
@@ -150,3 +151,14 @@ def test_bodies_that_refuse_unknown_fields_say_so() -> None:
 
 def test_served_bytes_are_the_document() -> None:
     assert orjson.loads(document_bytes()) == build()
+
+
+def test_every_example_is_a_valid_request() -> None:
+    """The examples are what schemathesis sends first: they must be valid by the document."""
+    for name, example in EXAMPLES.items():
+        Draft202012Validator(SCHEMAS[name]).validate(example)
+    for item in build()["paths"].values():
+        for op in item.values():
+            for param in op.get("parameters", []):
+                if "example" in param:
+                    Draft202012Validator(param["schema"]).validate(param["example"])

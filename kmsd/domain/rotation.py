@@ -297,7 +297,9 @@ def next_label_op(
     holders: dict[str, list[str]] = {}
     for vid, labels in sorted(actual.items()):
         for label in labels:
-            holders.setdefault(label, []).append(vid)
+            have = holders.setdefault(label, [])
+            if vid not in have:  # moto can list one label twice on a version
+                have.append(vid)
     for label in (CURRENT, PENDING, PREVIOUS, REVOKED):
         want = desired.get(label)
         have = holders.get(label, [])

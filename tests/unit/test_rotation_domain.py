@@ -1037,3 +1037,18 @@ def test_transition_moves_versions() -> None:
     r = rot()
     assert not Transition("pause", r, {}).moves_versions
     assert Transition("abort", r, {NEW: "revoked"}).moves_versions
+
+
+def test_next_label_op_reads_a_label_listed_twice_as_one_holder() -> None:
+    # Seen from moto after a put into an adopted secret: AWSCURRENT twice on the new version,
+    # and AWSPREVIOUS on a version kmsd does not know.
+    actual = {NEW: [CURRENT, CURRENT], OLD: [PREVIOUS]}
+    desired = desired_labels({NEW: "current"})
+    assert next_label_op(actual, desired) == LabelOp(PREVIOUS, None, OLD)
+    assert next_label_op({NEW: [CURRENT, CURRENT]}, desired) is None
+
+
+def test_next_label_op_takes_a_label_off_a_second_holder() -> None:
+    # A label on two versions (a client outside kmsd): moved onto the wanted one from the other.
+    desired = desired_labels({NEW: "current", OLD: "previous"})
+    assert next_label_op({NEW: [CURRENT], OLD: [CURRENT]}, desired) == LabelOp(CURRENT, NEW, OLD)

@@ -40,6 +40,8 @@ _AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=(?P<cred>[^,\s]+),\s*SignedHeaders=(?P<signed>[^,\s]+),"
     r"\s*Signature=(?P<sig>[0-9a-f]{64})$"
 )
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ARN_RE = re.compile(
     r"^arn:(?P<part>aws[a-z-]*):(?P<svc>sts|iam)::(?P<acct>\d{12}):(?P<rest>[\w+=,.@/-]+)$"
 )
@@ -81,10 +83,14 @@ class LoginRequest:
             # (which one did STS verify?), so it is refused rather than guessed.
             values = value if isinstance(value, list) else [value]
             if len(values) != 1 or not isinstance(values[0], str):
-                raise LoginRejected(f"header {key!r} must have exactly one string value")
+                raise LoginRejected(f"header {key[:64]!r} must have exactly one string value")
+            # The headers are forwarded to STS as they are: each must be a well-formed field
+            # (an RFC 9110 token name; no control character but tab in the value).
+            if not _HEADER_NAME_RE.fullmatch(key) or _CONTROL_RE.search(values[0]):
+                raise LoginRejected(f"header {key[:64]!r} is not a well-formed HTTP header")
             lower = str(key).lower()
             if lower in headers:
-                raise LoginRejected(f"header {key!r} is given more than once")
+                raise LoginRejected(f"header {key[:64]!r} is given more than once")
             headers[lower] = values[0]
         return cls(doc["iam_http_request_method"].upper(), url, body, headers)
 

@@ -22,19 +22,20 @@ from aiohttp import web
 
 from kmsd import __version__
 from kmsd.domain.rotation import COMMANDS
+from kmsd.http.openapi_answers import ANSWERS, problem_responses
 from kmsd.http.openapi_schemas import (
     APP_PATH,
     APPLICATION,
     INSTANCE_ID,
     NODE_PATH,
-    SCHEMAS,
+    REQUEST_SCHEMAS,
     SECRET_REF,
     Schema,
-    problem_responses,
     ref,
 )
 
 OPENAPI_VERSION = "3.1.0"
+SCHEMAS: dict[str, Schema] = {**REQUEST_SCHEMAS, **ANSWERS}
 # Every call outside the public ones may be refused so (no token; no binding or outside the
 # allowlist; the audit trail cannot be written, so nothing is done).
 _GUARDED = (401, 403, 503)

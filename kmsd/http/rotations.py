@@ -155,7 +155,7 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 MAX_URL = 2048
 
 
-def _webhook_url(raw: object) -> str:
+def webhook_url(raw: object) -> str:
     """An http(s) URL with a DNS name (ASCII; IDNs as punycode) or an IP address as its host.
 
     Checked before anything resolves the host: a malformed URL is the caller's mistake (400),
@@ -188,7 +188,7 @@ async def set_webhook(request: web.Request) -> web.Response:
         raise InvalidInput("a webhook belongs to an application: namespace/application")
     who = await authorize(request, "admin", str(app_path))
     doc = await json_body(request, allowed={"url"})
-    url = _webhook_url(doc.get("url"))
+    url = webhook_url(doc.get("url"))
     await webhooks.check_destination(url, request.app[SETTINGS].webhook_allowed_cidrs)
     key = secrets.token_urlsafe(32)
     # A new hook starts afresh: what was queued for the old one is not replayed to it.

@@ -77,13 +77,31 @@ _GATE_INSTANCE = obj(
     {
         "instance_id": string(),
         "path": string(),
-        "role": string(),
+        "role": {"enum": ["owner", "referencer"]},
         "name": string(),
         "current": {"type": ["string", "null"]},
         "ip": string(),
         "last_seen": TIME,
+        "stale_at": TIME,
         "processes": obj({}, additionalProperties=string()),
     }
+)
+# One watching instance as GET /v1/adoption lists it.
+_WATCHER = obj(
+    {
+        "instance_id": string(),
+        "role": {"enum": ["serving", "observer"]},
+        "principal": string(),
+        "ip": string(),
+        "app_process_ids": array(string()),
+        "processes": obj({}, additionalProperties={"type": "object"}),
+        "path_version": {"type": "integer"},
+        "replica": string(),
+        "last_seen": TIME,
+        "stale": {"type": "boolean"},
+        "stale_at": TIME,
+    },
+    ("instance_id", "role", "last_seen", "stale"),
 )
 _ROTATION = {
     "id": {"type": "integer"},
@@ -227,27 +245,16 @@ ANSWERS: dict[str, Schema] = {
         {
             "path": string(),
             "stale_after_s": {"type": "integer"},
-            "instances": array(
-                obj(
-                    {
-                        "instance_id": string(),
-                        "principal": string(),
-                        "ip": string(),
-                        "app_process_ids": array(string()),
-                        "processes": obj({}, additionalProperties={"type": "object"}),
-                        "path_version": {"type": "integer"},
-                        "replica": string(),
-                        "last_seen": TIME,
-                        "stale": {"type": "boolean"},
-                    },
-                    ("instance_id", "last_seen", "stale"),
-                )
+            "instances": array(_WATCHER, description="serving instances (agents)"),
+            "observers": array(
+                _WATCHER, description="watchers that serve nothing (kmsctl watch): never counted"
             ),
             "counts": obj(
                 {
                     "instances": {"type": "integer"},
                     "live": {"type": "integer"},
                     "stale": {"type": "integer"},
+                    "observers": {"type": "integer"},
                 }
             ),
             "secrets": array(
@@ -270,7 +277,7 @@ ANSWERS: dict[str, Schema] = {
                 )
             ),
         },
-        ("path", "instances", "counts", "secrets"),
+        ("path", "instances", "observers", "counts", "secrets"),
     ),
     "AdoptionForgotten": obj(
         {"path": string(), "instance_id": string(), "forgotten": {"const": True}},

@@ -119,18 +119,17 @@ class Leadership:
 
     def lose(self, reason: str) -> None:
         """Stop leading now; the lock goes with the connection, which is dropped."""
+        epoch, self.epoch = self.epoch, None
         conn, self._conn = self._conn, None
+        if epoch is not None:
+            log.warning(
+                "scheduler_leadership_lost", replica=self._replica, epoch=epoch, reason=reason
+            )
+            self._metrics.scheduler_leader.set(0)
+            self._metrics.scheduler_epoch.set(0)
+            self._metrics.leadership_lost.labels(reason.split("_", maxsplit=1)[0]).inc()
         if conn is not None and not conn.is_closed():
             conn.terminate()  # frees the lock if PostgreSQL still holds it for us
-        if self.epoch is None:
-            return
-        log.warning(
-            "scheduler_leadership_lost", replica=self._replica, epoch=self.epoch, reason=reason
-        )
-        self.epoch = None
-        self._metrics.scheduler_leader.set(0)
-        self._metrics.scheduler_epoch.set(0)
-        self._metrics.leadership_lost.labels(reason.split("_", maxsplit=1)[0]).inc()
 
     async def close(self) -> None:
         """Give leadership up on shutdown (closing the connection releases the lock)."""

@@ -36,7 +36,8 @@ SELECT seq, at, request_id, replica, principal, claimed, source_ip, action, targ
        status, prev_hash, hash
 FROM audit_log
 WHERE ($1::text IS NULL OR principal = $1)
-  AND ($2::text IS NULL OR target = $2 OR target LIKE $8)
+  -- the path itself, below it, or something of it ("PATH instance ID", "PATH/NAME rotation 3")
+  AND ($2::text IS NULL OR target = $2 OR target LIKE $8 OR target LIKE $9)
   AND ($3::text IS NULL OR action = $3)
   AND ($4::timestamptz IS NULL OR at >= $4)
   AND ($5::timestamptz IS NULL OR at < $5)

@@ -247,6 +247,7 @@ async def audit_list(request: web.Request) -> web.Response:
         q.get("outcome"),
         limit,
         store.below_pattern(path) if path else None,
+        store.below_pattern(path)[:-2] + " %" if path else None,
     )
     rows = [audit_db.row_of(r) for r in records]
     return json_response({"rows": [_audit_doc(r) for r in rows]})

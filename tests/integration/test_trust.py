@@ -289,6 +289,9 @@ async def test_observers_never_hold_a_gate_and_forget_is_audited(
         ("rejected", 400),
     ]
     assert rows[0]["target"] == f"{PATH} instance i-agent"
+    # ... and found by the path they concern, attempt and outcome alike.
+    listed = await api.ok("GET", f"/v1/audit?path={PATH}&action=adoption.forget")
+    assert [r["outcome"] for r in listed["rows"]][::-1][:2] == ["attempt", "allowed"]
 
 
 async def test_a_bad_role_is_refused(api: Api) -> None:

@@ -46,6 +46,14 @@ class WatchRequest:
     role: str = "serving"
 
 
+def check_instance_id(instance: Any, field_name: str) -> None:
+    """Refuse anything but 1-128 characters of letters, digits and . _ : @ / -."""
+    if not isinstance(instance, str) or not _INSTANCE_RE.fullmatch(instance):
+        raise InvalidInput(
+            f"{field_name} must be 1-128 characters of letters, digits and . _ : @ / -"
+        )
+
+
 def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
     """Validate a watch body; every refusal names the field."""
     raw_path = doc.get("path")
@@ -58,10 +66,8 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
     if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**63:
         raise InvalidInput("'path_version' must be a non-negative integer (0 if you hold none)")
     instance = doc.get("instance_id")
-    if not isinstance(instance, str) or not _INSTANCE_RE.fullmatch(instance):
-        raise InvalidInput(
-            "'instance_id' must be 1-128 characters of letters, digits and . _ : @ / -"
-        )
+    check_instance_id(instance, "'instance_id'")
+    assert isinstance(instance, str)
     pids = doc.get("app_process_ids", [])
     if not isinstance(pids, list) or len(pids) > MAX_PROCESS_IDS:
         raise InvalidInput(f"'app_process_ids' must be a list of at most {MAX_PROCESS_IDS} ids")

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from kmsd.domain.adoption import STALE_AFTER_HOLDS, InstanceReport, summarise
 from kmsd.domain.names import NodePath
-from kmsd.domain.watch import WATCH_FIELDS, parse_timeout, parse_watch
+from kmsd.domain.watch import WATCH_FIELDS, check_instance_id, parse_timeout, parse_watch
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.audit import audit_now
@@ -112,6 +112,7 @@ async def forget_instance(request: web.Request) -> web.Response:
     instance = request.query.get("instance", "")
     if not instance:
         raise InvalidInput("give the instance to forget: ?instance=ID (see kmsctl adoption PATH)")
+    check_instance_id(instance, "'instance'")
     request[AUDIT_TARGET] = f"{path} instance {instance}"
     await authorize(request, "rotate", str(path))
     request.app[ADOPTION].forget(str(path), instance)

@@ -92,21 +92,11 @@ class AdoptionBuffer:
             return 0
         batch, self._pending = list(self._pending.values()), {}
         try:
-            await self._pool.execute(
-                FLUSH,
-                [r.path for r in batch],
-                [r.instance_id for r in batch],
-                [r.principal for r in batch],
-                [r.ip for r in batch],
-                [orjson.dumps(list(r.app_process_ids)).decode() for r in batch],
-                [orjson.dumps(r.held).decode() for r in batch],
-                [orjson.dumps(r.processes).decode() for r in batch],
-                [orjson.dumps(r.versions).decode() for r in batch],
-                [r.path_version for r in batch],
-                [r.seen_at for r in batch],
-                self._replica,
-                [r.role for r in batch],
-            )
+            await self._write(batch)
+        except asyncpg.DataError:
+            # One report PostgreSQL cannot store must not hold up everyone's: write them one
+            # by one and drop only those it refuses.
+            return await self._write_each(batch)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Keep what failed unless a newer report arrived meanwhile; retry next round.
             for r in batch:
@@ -115,6 +105,38 @@ class AdoptionBuffer:
             return 0
         self._metrics.adoption_flush_size.observe(len(batch))
         return len(batch)
+
+    async def _write_each(self, batch: list[Report]) -> int:
+        written = 0
+        for r in batch:
+            try:
+                await self._write([r])
+                written += 1
+            except asyncpg.DataError as exc:
+                log.warning(
+                    "adoption_report_dropped",
+                    path=r.path,
+                    instance_id=r.instance_id,
+                    error=type(exc).__name__,
+                )
+        return written
+
+    async def _write(self, batch: list[Report]) -> None:
+        await self._pool.execute(
+            FLUSH,
+            [r.path for r in batch],
+            [r.instance_id for r in batch],
+            [r.principal for r in batch],
+            [r.ip for r in batch],
+            [orjson.dumps(list(r.app_process_ids)).decode() for r in batch],
+            [orjson.dumps(r.held).decode() for r in batch],
+            [orjson.dumps(r.processes).decode() for r in batch],
+            [orjson.dumps(r.versions).decode() for r in batch],
+            [r.path_version for r in batch],
+            [r.seen_at for r in batch],
+            self._replica,
+            [r.role for r in batch],
+        )
 
     async def run(self, interval: float) -> None:
         """Flush every ``interval`` seconds until cancelled, then once more."""

@@ -26,6 +26,17 @@ from kmsd.domain.names import NodePath
 from kmsd.domain.tree import datakey_context
 from kmsd.errors import Conflict, InvalidInput, UpstreamError
 
+# KMS errors that say the key the caller named cannot serve (a 400), not that KMS failed.
+_CALLERS_KEY = frozenset(
+    {
+        "NotFoundException",
+        "InvalidKeyUsageException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "ValidationException",
+    }
+)
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_PERIOD_DAYS = 182  # about half a year, the rotation period the security team asked for
@@ -74,6 +85,13 @@ async def new_data_key(
         )
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+        if code in _CALLERS_KEY:
+            # The key named is the caller's mistake (unknown, malformed, disabled), not AWS's.
+            raise InvalidInput(
+                f"KMS cannot make a data key under {cmk!r} ({code}): name an enabled "
+                "symmetric key (id, ARN or alias/...)",
+                aws_error=code,
+            ) from None
         raise UpstreamError(
             f"KMS refused a data key under {cmk!r} ({code})", aws_error=code
         ) from None

@@ -79,7 +79,7 @@ async def check_destination(url: str, allowed: Sequence[IpNetwork]) -> None:
     host = urlsplit(url).hostname or ""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError:
+    except (OSError, UnicodeError, ValueError):  # IDNA refusals are UnicodeError/ValueError
         raise InvalidInput(f"webhook host {host!r} does not resolve") from None
     for info in infos:
         ip = ipaddress.ip_address(info[4][0])

@@ -58,7 +58,8 @@ async def test_data_key_refusals(api: Api, kms: Any) -> None:
     assert status == 409
     assert "new CMK" in problem["detail"]
     bad = {"cmk": "alias/does-not-exist"}
-    assert (await api.call("POST", "/v1/datakeys/prod/pay/x", json=bad))[0] == 502
+    status, problem = await api.call("POST", "/v1/datakeys/prod/pay/x", json=bad)
+    assert (status, problem["aws_error"]) == (400, "NotFoundException")
     assert (await api.call("POST", "/v1/datakeys/prod/pay/x", json={"cmk": cmk, "period_days": 0}))[
         0
     ] == 400

@@ -305,3 +305,29 @@ async def test_a_bad_role_is_refused(api: Api) -> None:
     status, problem = await api.call("POST", "/v1/watch?timeout=0", json=body)
     assert status == 400
     assert "'role'" in problem["detail"]
+
+
+async def test_forget_refuses_a_malformed_instance_id(api: Api) -> None:
+    await _secret(api)
+    status, problem = await api.call("DELETE", f"/v1/adoption/{PATH}?instance=a%20b")
+    assert status == 400
+    assert "'instance'" in problem["detail"]
+
+
+async def test_one_report_postgresql_refuses_does_not_hold_up_the_others(
+    client: App, db: asyncpg.Connection
+) -> None:
+    from datetime import UTC, datetime
+
+    from kmsd.hub.adoption import Report
+
+    buffer = client.app[ADOPTION]
+    now = datetime.now(UTC)
+    good = Report(PATH, "i-good", "role/x", "10.0.0.1", (), {"db": "v1"}, 1, now)
+    # NUL cannot be stored in jsonb text: the watch parser refuses it, the buffer copes anyway.
+    bad = Report(PATH, "i-bad", "role/x", "10.0.0.1", (), {"db": "v\x00"}, 1, now)
+    buffer.report(good)
+    buffer.report(bad)
+    assert await buffer.flush() == 1
+    assert await db.fetchval("SELECT array_agg(instance_id) FROM adoption") == ["i-good"]
+    assert await buffer.flush() == 0  # the refused one is not retried for ever

@@ -34,7 +34,6 @@ def token_hash(token: str) -> bytes:
 
 
 API_PREFIX = "kmsd."
-CONSOLE_PREFIX = "kmsdc."  # console sessions: accepted by the console's pages only
 
 
 async def create_session(

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from kmsd.aws.sts import caller_arn
 from kmsd.db import sessions
+from kmsd.domain.bearer import check_kind, parse_bearer
 from kmsd.domain.signin import LoginRequest, check_login, claimed_key_id, principal_from_arn
 from kmsd.errors import KmsError, Unauthenticated
 from kmsd.http.access import check_allowlist
@@ -94,17 +95,18 @@ async def authenticate(request: web.Request) -> None:
     if route in PUBLIC_ROUTES or request.match_info.http_exception is not None:
         return
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header and route.startswith("/ui/"):
-        scheme, token = "bearer", request.cookies.get(CONSOLE_COOKIE, "")
+    console_route = route.startswith("/ui/")
+    if not header and console_route:
+        token = request.cookies.get(CONSOLE_COOKIE, "")
         if not token:
             raise Unauthenticated("sign in to the console with a link from: kmsctl console")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("send Authorization: Bearer TOKEN from POST /v1/auth/aws/login")
-    if token.startswith(sessions.CONSOLE_PREFIX) and not route.startswith("/ui/"):
-        raise Unauthenticated("a console session opens the console only; use kmsctl for the API")
+        token = parse_bearer(f"Bearer {token}")  # the cookie holds the same kind of token
+    else:
+        token = parse_bearer(header)
+    # The token checked is the token looked up: no second reading of the header.
+    check_kind(token, console_route=console_route)
     session = await sessions.lookup(
-        request.app[POOL], token.strip(), request.app[SESSIONS], request.app[CLOCK].now()
+        request.app[POOL], token, request.app[SESSIONS], request.app[CLOCK].now()
     )
     if session is None:
         raise Unauthenticated("the bearer token is unknown or expired; sign in again")

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from kmsd.db import sessions
 from kmsd.domain.access import decide
+from kmsd.domain.bearer import CONSOLE_PREFIX
 from kmsd.domain.signin import principal_from_arn
 from kmsd.errors import Unauthenticated
 from kmsd.http.access import authorize, caller_ip
@@ -80,7 +81,7 @@ async def login(request: web.Request) -> web.Response:
         request[CLIENT_IP],
         now,
         min(CONSOLE_TTL, timedelta(seconds=settings.token_ttl_s)),
-        prefix=sessions.CONSOLE_PREFIX,
+        prefix=CONSOLE_PREFIX,
     )
     request[PRINCIPAL] = who
     # Only a page of this console (no scheme, no host): never an open redirect.

@@ -462,3 +462,12 @@ async def test_a_console_session_opens_the_console_only(api: Api, client: App) -
     headers = {"Authorization": f"Bearer {token}"}
     assert (await client.get("/v1/rotations", headers=headers)).status == 401
     assert (await client.get("/ui/rotations", headers=headers)).status == 200
+    # However the header is spaced, the token checked is the token looked up: never an API key.
+    for spacing in ("  ", "\t", "   ", " \t"):
+        loose = {"Authorization": f"Bearer{spacing}{token}"}
+        for path in ("/v1/rotations", "/v1/nodes"):
+            async with client.get(path, headers=loose) as resp:
+                assert resp.status == 401, (spacing, path)
+                assert resp.content_type == "application/problem+json"
+        async with client.put("/v1/nodes/prod/x", headers=loose) as resp:
+            assert resp.status == 401

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import ipaddress
-import re
 import secrets
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
+from kmsd.domain import outbound
 from kmsd.domain import rotation as machine
 from kmsd.domain.access import ROOT
 from kmsd.domain.names import NodePath, check_segment
@@ -151,34 +149,21 @@ async def act(request: web.Request) -> web.Response:
 # -- webhooks ---------------------------------------------------------------------------------
 
 
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 MAX_URL = 2048
 
 
 def webhook_url(raw: object) -> str:
-    """An http(s) URL with a DNS name (ASCII; IDNs as punycode) or an IP address as its host.
+    """An http(s) URL kmsd may send to: the syntax rules of ``kmsd.domain.outbound.check_url``.
 
     Checked before anything resolves the host: a malformed URL is the caller's mistake (400),
-    never a resolver error, and it never reaches the delivery loop.
+    never a resolver error, and it never reaches the delivery loop. Where the host leads is
+    judged next, by the same guard the deliveries use (``webhooks.check_destination``).
     """
-    refused = InvalidInput(
-        "'url' must be an http(s) URL with a host name (ASCII, IDNs as xn--) or an IP address"
-    )
     if not isinstance(raw, str) or len(raw) > MAX_URL or not raw.isprintable() or " " in raw:
-        raise refused
-    try:
-        parts = urlsplit(raw)
-        host, _ = parts.hostname, parts.port  # .port refuses a port that is not 0-65535
-    except ValueError:  # e.g. an unclosed [IPv6 literal
-        raise refused from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise refused
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        labels = host.removesuffix(".").split(".")
-        if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-            raise refused from None
+        raise InvalidInput(
+            f"'url' must be an http(s) URL of at most {MAX_URL} printable characters, no spaces"
+        )
+    outbound.check_url(raw)
     return raw
 
 

@@ -13,6 +13,12 @@ de-duplicate by ``X-Kmsd-Delivery`` as at-least-once delivery over HTTP requires
 Signature: ``X-Kmsd-Signature: sha256=HEX`` where HEX is HMAC-SHA256, keyed with the hook's
 key, of ``TIMESTAMP + "." + BODY`` and ``X-Kmsd-Timestamp: TIMESTAMP`` (Unix seconds), so a
 receiver can refuse replays of old deliveries. Events carry names, ids and phases, never a value.
+
+Destination guard (SSRF): the URL and every address its host resolves to are judged by
+``kmsd.domain.outbound`` when the hook is set and again for every delivery, with one lookup per
+delivery whose checked addresses are the only ones the connection may use (``PinnedResolver``):
+a DNS answer that changes between the check and the connection (rebinding) cannot steer the
+POST elsewhere. Redirects are never followed; a 3xx is a failed delivery ("redirect refused").
 """
 
 from __future__ import annotations
@@ -22,16 +28,18 @@ import hashlib
 import hmac
 import ipaddress
 import random
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from kmsd.domain.access import IpNetwork, ip_in
+from kmsd.domain import outbound
+from kmsd.domain.access import IpAddress, IpNetwork
 from kmsd.errors import InvalidInput
 from kmsd.services.leadership import check_fence
 
@@ -73,22 +81,80 @@ WHERE id = $1
 """
 
 
-async def check_destination(url: str, allowed: Sequence[IpNetwork]) -> None:
-    """Refuse a URL whose host resolves to loopback, link-local, multicast or an unspecified
-    address (kmsd itself, the instance metadata service...) unless ``allowed`` covers it."""
-    host = urlsplit(url).hostname or ""
+class PinnedResolver(AbstractResolver):
+    """Resolve one host to the addresses already checked for it, and nothing else.
+
+    The connector asks its resolver for the URL's host; answering with the checked addresses
+    pins the connection to them (no second lookup that DNS rebinding could answer
+    differently), while the URL - hence the Host header and TLS SNI and certificate check -
+    keeps the host name.
+    """
+
+    def __init__(self, host: str, addresses: Sequence[IpAddress]) -> None:
+        self._host = host
+        self._addresses = tuple(addresses)
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[ResolveResult]:
+        if host.lower().removesuffix(".") != self._host:
+            raise OSError(f"webhook connection to {host!r}, not the checked {self._host!r}")
+        found: list[ResolveResult] = []
+        for ip in self._addresses:
+            ip_family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+            if family in (socket.AF_UNSPEC, ip_family):
+                found.append(
+                    {
+                        "hostname": host,
+                        "host": str(ip),
+                        "port": port,
+                        "family": ip_family,
+                        "proto": socket.IPPROTO_TCP,
+                        "flags": socket.AI_NUMERICHOST,
+                    }
+                )
+        if not found:
+            raise OSError(f"no checked address of {host!r} in family {family!r}")
+        return found
+
+    async def close(self) -> None:
+        """Nothing to release: no lookups are made."""
+
+
+async def resolve_checked(
+    url: str, allowed: Sequence[IpNetwork]
+) -> tuple[str, tuple[IpAddress, ...]]:
+    """Return the URL's host and every address it resolves to, or raise if any is refused.
+
+    One lookup; the caller connects to these addresses only (``PinnedResolver``). Refusing
+    when *any* address is refused means a name cannot mix a public address with an internal
+    one and hope the connection picks the latter.
+    """
+    _, host, port = outbound.check_url(url)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except (OSError, UnicodeError, ValueError):  # IDNA refusals are UnicodeError/ValueError
-        raise InvalidInput(f"webhook host {host!r} does not resolve") from None
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        internal = ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
-        if internal and not ip_in(ip, allowed):
-            raise InvalidInput(
-                f"webhook host {host!r} is {ip}, an internal address; allow it with "
-                "KMSD_WEBHOOK_ALLOWED_CIDRS if that is really meant"
+        addresses: tuple[IpAddress, ...] = (ipaddress.ip_address(host),)
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
             )
+        except (OSError, UnicodeError, ValueError):  # IDNA refusals are UnicodeError/ValueError
+            raise InvalidInput(f"webhook host {host!r} does not resolve") from None
+        addresses = tuple(
+            dict.fromkeys(ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos)
+        )
+        if not addresses:
+            raise InvalidInput(f"webhook host {host!r} does not resolve") from None
+    for ip in addresses:
+        reason = outbound.classify(ip, allowed)
+        if reason is not None:
+            raise outbound.refusal(host, ip, reason)
+    return host, addresses
+
+
+async def check_destination(url: str, allowed: Sequence[IpNetwork]) -> None:
+    """Refuse a URL kmsd must not send to (see ``kmsd.domain.outbound``); the set-time check."""
+    await resolve_checked(url, allowed)
 
 
 def sign(key: str, timestamp: str, body: bytes) -> str:
@@ -106,7 +172,9 @@ async def deliver_due(
     """Send the head delivery of every application that has one due; return how many landed.
 
     ``epoch`` is the leader's fencing token (FencedOut once another replica leads); None only
-    where no leadership applies (tests that drive deliveries directly).
+    where no leadership applies (tests that drive deliveries directly). ``http`` is the app's
+    session, kept for its callers; a delivery sends through a connector of its own, pinned to
+    the addresses checked for that delivery (``_send``).
     """
     heads = await pool.fetch(HEADS, MAX_ATTEMPTS)
     claimed = []
@@ -115,13 +183,11 @@ async def deliver_due(
             await check_fence(conn, epoch)
             if await conn.fetchval(CLAIM, row["id"], epoch or 0, CLAIM_TTL_S):
                 claimed.append(row)
-    results = await asyncio.gather(*(_deliver(pool, http, row, allowed) for row in claimed))
+    results = await asyncio.gather(*(_deliver(pool, row, allowed) for row in claimed))
     return sum(results)
 
 
-async def _deliver(
-    pool: asyncpg.Pool, http: aiohttp.ClientSession, row: Any, allowed: Sequence[IpNetwork]
-) -> bool:
+async def _deliver(pool: asyncpg.Pool, row: Any, allowed: Sequence[IpNetwork]) -> bool:
     body = row["payload"].encode()
     timestamp = str(int(time.time()))
     headers = {
@@ -132,14 +198,9 @@ async def _deliver(
         "X-Kmsd-Signature": sign(row["hmac_key"], timestamp, body),
     }
     try:
-        await check_destination(row["url"], allowed)  # again: DNS may have changed since
-        async with http.post(
-            row["url"], data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)
-        ) as resp:
-            await resp.read()
-            ok = 200 <= resp.status < 300
-            error = None if ok else f"HTTP {resp.status}"
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        async with asyncio.timeout(TIMEOUT_S):  # the lookup, the connection and the answer
+            ok, error = await _send(row["url"], body, headers, allowed)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         ok, error = False, type(exc).__name__
     except InvalidInput as exc:
         ok, error = False, exc.detail
@@ -152,3 +213,26 @@ async def _deliver(
         "webhook_failed", app=row["app_path"], delivery=row["id"], error=error, retry_in=delay
     )
     return False
+
+
+async def _send(
+    url: str, body: bytes, headers: dict[str, str], allowed: Sequence[IpNetwork]
+) -> tuple[bool, str | None]:
+    """POST once to the checked addresses of the URL's host; never follow a redirect."""
+    host, addresses = await resolve_checked(url, allowed)  # again: DNS may have changed
+    # A connector of its own per delivery: its only resolver is the pinned one, so it cannot
+    # reach an address that was not checked (no shared DNS cache, no pooled connection to
+    # another host's address).
+    connector = aiohttp.TCPConnector(
+        resolver=PinnedResolver(host, addresses), use_dns_cache=False, force_close=True
+    )
+    async with (
+        aiohttp.ClientSession(connector=connector, trust_env=False) as session,
+        session.post(url, data=body, headers=headers, allow_redirects=False) as resp,
+    ):
+        await resp.read()
+        if 300 <= resp.status < 400:  # a redirect is not re-checked: it is not followed
+            return False, f"redirect refused (HTTP {resp.status})"
+        if 200 <= resp.status < 300:
+            return True, None
+        return False, f"HTTP {resp.status}"

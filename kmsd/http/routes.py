@@ -16,6 +16,7 @@ from kmsd.db import audit as audit_db
 from kmsd.db import store
 from kmsd.domain.access import ROOT
 from kmsd.domain.audit import ChainedRow
+from kmsd.domain.inputs import parse_expiry
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
 from kmsd.errors import InvalidInput, NotFound, PayloadTooLarge
@@ -400,19 +401,7 @@ def _tags(doc: dict[str, Any]) -> dict[str, str]:
 
 def _expires_at(doc: dict[str, Any]) -> datetime | None:
     raw = doc.get("expires_at")
-    if raw is None:
-        return None
-    try:
-        when = datetime.fromisoformat(raw) if isinstance(raw, str) else None
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
-        raise InvalidInput(
-            "expires_at must be an ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z"
-        )
-    if when <= datetime.now(UTC):
-        raise InvalidInput("expires_at must be in the future")
-    return when
+    return None if raw is None else parse_expiry(raw, now=datetime.now(UTC))
 
 
 def setup_routes(app: web.Application) -> None:

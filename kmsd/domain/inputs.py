@@ -1,0 +1,38 @@
+"""Input values checked at the edge (pure): times a caller gives, refused before anything runs.
+
+A time is refused unless it has a zone, is in the future and lies within MAX_AHEAD once in UTC:
+``9999-12-31T23:59:59-14:00`` is year 10000 in UTC, which Python cannot represent - accepted
+once, it reached SM and then broke every later step that touched it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from kmsd.errors import InvalidInput
+
+# Nothing kmsd keeps should outlive this; far enough for any certificate or data key.
+MAX_AHEAD = timedelta(days=100 * 366)
+
+
+def parse_expiry(raw: object, *, now: datetime, field: str = "expires_at") -> datetime:
+    """An ISO 8601 time with a zone, in the future and at most MAX_AHEAD away, in UTC."""
+    when = None
+    if isinstance(raw, str):
+        try:
+            when = datetime.fromisoformat(raw)
+        except ValueError:
+            when = None
+    if when is None or when.tzinfo is None:
+        raise InvalidInput(
+            f"{field} must be an ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z"
+        )
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{field} is outside the range of dates kmsd keeps") from None
+    if when <= now:
+        raise InvalidInput(f"{field} must be in the future")
+    if when - now > MAX_AHEAD:
+        raise InvalidInput(f"{field} must be within 100 years")
+    return when

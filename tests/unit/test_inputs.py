@@ -1,0 +1,40 @@
+"""Times given by callers: one table of refusals, and what is accepted comes back in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from kmsd.domain.inputs import parse_expiry
+from kmsd.errors import InvalidInput
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("9999-12-31T23:59:59-14:00", "outside the range"),  # year 10000 in UTC
+        ("9999-12-31T23:59:59+00:00", "within 100 years"),
+        ("2128-01-01T00:00:00Z", "within 100 years"),
+        ("2026-11-30T00:00:00Z", "in the future"),
+        ("2026-12-01T00:00:00+00:00", "in the future"),
+        ("2027-01-01T00:00:00", "with a zone"),
+        ("2027-13-01T00:00:00Z", "ISO 8601"),
+        ("tomorrow", "ISO 8601"),
+        ("", "ISO 8601"),
+        (20270101, "ISO 8601"),
+        (None, "ISO 8601"),
+        (["2027-01-01T00:00:00Z"], "ISO 8601"),
+    ],
+)
+def test_refused(raw: object, why: str) -> None:
+    with pytest.raises(InvalidInput, match=why):
+        parse_expiry(raw, now=NOW)
+
+
+def test_accepted_in_utc() -> None:
+    got = parse_expiry("2027-01-01T09:00:00+09:00", now=NOW)
+    assert got == datetime(2027, 1, 1, tzinfo=UTC)
+    assert got.tzinfo is UTC

@@ -100,6 +100,9 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 await reconcile.reconcile(app[POOL], app[SM], min_age)
+                app[METRICS].outbox_quarantined.set(
+                    await app[POOL].fetchval(reconcile.QUARANTINED, reconcile.QUARANTINE_AFTER)
+                )
                 if app[SCHEDULER].leader:  # one replica sweeps SM's labels
                     cursor, _ = await reconcile.sweep_labels(app[POOL], app[SM], cursor)
                 # Housekeeping rides along: expired sessions, forgotten adoption reports.

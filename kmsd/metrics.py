@@ -67,6 +67,11 @@ class Metrics:
             "1 while this replica runs the rotation scheduler",
             registry=self.registry,
         )
+        self.outbox_quarantined = Gauge(
+            "kmsd_outbox_quarantined",
+            "Writes in doubt the reconciler gave up on after repeated failures (see sm_outbox)",
+            registry=self.registry,
+        )
         self.scheduler_epoch = Gauge(
             "kmsd_scheduler_epoch",
             "The leadership epoch this replica holds (0 when it does not lead)",

@@ -23,7 +23,7 @@ import orjson
 import structlog
 
 from kmsd.aws.sm import SecretsWriter
-from kmsd.db import Conn, hold, store
+from kmsd.db import DB_LOST, Conn, hold, store
 from kmsd.db import rotations as rotations_db
 from kmsd.domain.writes import Intent, Recorded, Resolution, resolve
 from kmsd.errors import KmsError
@@ -31,10 +31,16 @@ from kmsd.services import labels, writes
 
 log = structlog.get_logger(__name__)
 
+# A put that failed this many passes for a reason of its own (not SM being away) is
+# quarantined: left out of later passes, counted on /metrics, kept for an operator.
+QUARANTINE_AFTER = 5
 _STALE_OUTBOX = """
 SELECT id, seq, op, sm_name, version_id, intent::text AS intent FROM sm_outbox
-WHERE created_at < now() - $1::interval ORDER BY id LIMIT 100
+WHERE created_at < now() - $1::interval AND NOT (op = 'put' AND attempts >= $2)
+ORDER BY id LIMIT 100
 """
+_FAILED = "UPDATE sm_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
+QUARANTINED = "SELECT count(*) FROM sm_outbox WHERE op = 'put' AND attempts >= $1"
 _RECORDED = "SELECT id, current_seq FROM secrets WHERE sm_name = $1 FOR UPDATE"
 _SUPERSEDED = """
 INSERT INTO secret_versions (secret_id, version_id, stage, created_by)
@@ -51,7 +57,7 @@ SWEEP_BATCH = 50
 async def reconcile(pool: asyncpg.Pool, sm: SecretsWriter, min_age: timedelta) -> dict[str, int]:
     """Resolve outbox rows older than ``min_age``; return counts by outcome."""
     counts = {r.value: 0 for r in Resolution} | {"deleted": 0, "skipped": 0, "labels": 0}
-    for row in await pool.fetch(_STALE_OUTBOX, min_age):
+    for row in await pool.fetch(_STALE_OUTBOX, min_age, QUARANTINE_AFTER):
         if row["op"] == "delete":
             await writes.apply_delete(pool, sm, row["id"], row["sm_name"])
             counts["deleted"] += 1
@@ -68,14 +74,23 @@ async def reconcile(pool: asyncpg.Pool, sm: SecretsWriter, min_age: timedelta) -
                         counts["labels"] += await repair_labels(conn, sm, row["sm_name"])
             except KmsError as exc:
                 log.warning("reconcile_deferred", sm_name=row["sm_name"], error=exc.detail)
-            except Exception:
-                # One row that cannot be resolved must not hold up the rows behind it.
+            except Exception as exc:
+                # One row that cannot be resolved must not hold up the rows behind it; one
+                # that keeps failing is quarantined (see QUARANTINE_AFTER).
                 log.exception("reconcile_row_failed", outbox_id=row["id"])
+                await _note_failure(pool, row["id"], type(exc).__name__)
             finally:
                 await writes.unlock(conn, row["sm_name"])
     if any(counts.values()):
         log.info("outbox_reconciled", **counts)
     return counts
+
+
+async def _note_failure(pool: asyncpg.Pool, row_id: int, error: str) -> None:
+    try:
+        await pool.execute(_FAILED, row_id, error)
+    except DB_LOST as exc:
+        log.warning("reconcile_failure_not_noted", outbox_id=row_id, error=type(exc).__name__)
 
 
 async def _resolve_one(conn: Conn, sm: SecretsWriter, row: asyncpg.Record) -> Resolution | None:

@@ -14,12 +14,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from kmsd.domain.access import parse_cidrs
 from kmsd.errors import FencedOut
 from kmsd.keys import ADOPTION, HTTP, METRICS, POOL, ROTATIONS, SCHEDULER, SETTINGS, SM
 from kmsd.services import webhooks
 from kmsd.services.leadership import Leadership
 from kmsd.services.reconcile import reconcile, sweep_labels
-from tests.conftest import Identity
+from tests.conftest import Identity, free_port
 from tests.integration.conftest import Api, ClientFactory, eventually, sign_in
 
 App = TestClient[web.Request, web.Application]
@@ -180,7 +181,8 @@ SLOW = {"scheduler_tick_s": 3600.0, "rotation_tick_s": 3600.0}
 async def test_a_deposed_leader_is_fenced_out(
     make_client: ClientFactory, admin: Identity, moto_endpoint: str, db: asyncpg.Connection
 ) -> None:
-    client = await make_client(**SLOW)
+    # A receiver on loopback that is not listening: deliveries fail at once, nothing leaves.
+    client = await make_client(webhook_allowed_cidrs=parse_cidrs(["127.0.0.1/32"]), **SLOW)
     api = await sign_in(client, admin, moto_endpoint)
     scheduler = client.app[SCHEDULER]
     await eventually(lambda: scheduler.leader)
@@ -188,7 +190,9 @@ async def test_a_deposed_leader_is_fenced_out(
     assert old is not None
     # An auto rotation nobody holds: the driver's next pass would promote it.
     await _secret(api)
-    await api.ok("PUT", f"/v1/webhooks/{PATH}", json={"url": "http://192.0.2.1/hook"})
+    await api.ok(
+        "PUT", f"/v1/webhooks/{PATH}", json={"url": f"http://127.0.0.1:{free_port()}/hook"}
+    )
     await api.ok(
         "POST",
         "/v1/rotations",
@@ -331,3 +335,38 @@ async def test_one_report_postgresql_refuses_does_not_hold_up_the_others(
     assert await buffer.flush() == 1
     assert await db.fetchval("SELECT array_agg(instance_id) FROM adoption") == ["i-good"]
     assert await buffer.flush() == 0  # the refused one is not retried for ever
+
+
+async def test_a_row_that_keeps_failing_is_quarantined_and_holds_up_nothing(
+    api: Api, client: App, db: asyncpg.Connection, sm_client: Any
+) -> None:
+    from kmsd.services.reconcile import QUARANTINE_AFTER, QUARANTINED
+
+    meta = await _secret(api)
+    # An intent as an older kmsd accepted it: its expiry is year 10000 once in UTC, which
+    # breaks recording it (OverflowError) - and, in SM, AWSCURRENT is on it.
+    broken = await _intent(db, meta["sm_name"])
+    await db.execute(
+        "UPDATE sm_outbox SET intent = jsonb_set(intent, '{expires_at}', $2::jsonb)"
+        " WHERE version_id = $1",
+        broken,
+        '"9999-12-31T23:59:59-14:00"',
+    )
+    sm_client.put_secret_value(
+        SecretId=meta["sm_name"], SecretString="{}", ClientRequestToken=broken
+    )
+    # Behind it, a write SM never got: it must still be resolved, on the first pass.
+    other = await _intent(db, meta["sm_name"])
+    first = await _reconcile(client)
+    assert first["drop"] == 1
+    assert await db.fetchval("SELECT count(*) FROM sm_outbox WHERE version_id = $1", other) == 0
+    for _ in range(QUARANTINE_AFTER - 1):
+        await _reconcile(client)
+    row = await db.fetchrow(
+        "SELECT attempts, last_error FROM sm_outbox WHERE version_id = $1", broken
+    )
+    assert row is not None
+    assert row["attempts"] == QUARANTINE_AFTER
+    assert row["last_error"] == "DataError"  # asyncpg's word for a time it cannot encode
+    assert await db.fetchval(QUARANTINED, QUARANTINE_AFTER) == 1
+    assert sum((await _reconcile(client)).values()) == 0  # quarantined: left alone from now on

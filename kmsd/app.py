@@ -16,7 +16,7 @@ from kmsd.aws.sm import secrets_writer
 from kmsd.clock import Clock, SystemClock
 from kmsd.config import Settings
 from kmsd.db import bindings as bindings_db
-from kmsd.db import sessions
+from kmsd.db import sessions, signins
 from kmsd.db.audit import AuditWriter
 from kmsd.db.bindings import BindingsCache
 from kmsd.db.migrate import migrate
@@ -107,6 +107,7 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
                     cursor, _ = await reconcile.sweep_labels(app[POOL], app[SM], cursor)
                 # Housekeeping rides along: expired sessions, forgotten adoption reports.
                 await app[POOL].execute(sessions.PURGE_EXPIRED)
+                await app[POOL].execute(signins.PURGE_EXPIRED)
                 await app[POOL].execute(adoption_db.PRUNE, adoption_db.FORGET_AFTER)
             except Exception:
                 log.exception("reconcile_failed")

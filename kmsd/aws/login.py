@@ -1,12 +1,16 @@
 """Client side of sign-in: sign a GetCallerIdentity with the caller's own credentials.
 
 Used by kmsctl (and later kmsagent). The credentials never leave this process: only the signed
-request does, and it is good for one thing (identifying the caller to this kmsd) for 15 minutes.
+request does, and it is good for one thing (identifying the caller to this kmsd), once, within
+15 minutes. SigV4 is deterministic: the same credentials signing the same request in the same
+second give the same signature, which kmsd would refuse as a replay (kmsd.domain.signin). A
+random signed ``X-Kmsd-Nonce`` makes every signing its own sign-in.
 """
 
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +33,7 @@ def sign_login(
         headers={
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
             "X-Kmsd-Server-Id": server_id,
+            "X-Kmsd-Nonce": secrets.token_urlsafe(16),
         },
     )
     SigV4Auth(credentials, "sts", region).add_auth(request)

@@ -12,7 +12,13 @@ forwarded request can do nothing but identify the caller to *this* kmsd, now:
 * ``X-Kmsd-Server-Id`` is present, covered by the signature (listed in SignedHeaders) and equal
   to this server's id, so a request signed for another kmsd (or another Vault-like service)
   cannot be replayed here;
-* ``X-Amz-Date`` is signed and within the allowed skew, so a captured request goes stale.
+* ``X-Amz-Date`` is signed and within the allowed skew, so a captured request goes stale;
+* each signed request is usable once, on any replica: ``check_login`` returns the SHA-256 of its
+  SigV4 ``Signature=`` value (the key) and when the request goes stale, and kmsd records the key
+  before forwarding (``kmsd.db.signins``); a key already recorded is a replay and is refused,
+  even when the first use failed at STS, since a signature is single-use whatever happened.
+  The signature, not the whole request, is the key: an unsigned header or a re-encoding of the
+  body can be changed by whoever holds the request, the signature cannot.
 
 STS verifies the signature itself. moto does not, which is why every check above is kmsd's own.
 This module only decides; ``kmsd.aws.sts`` does the forwarding.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +103,14 @@ class LoginRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedLogin:
+    """A sign-in request that passed every check: what makes it single-use."""
+
+    replay_key: bytes  # SHA-256 of the SigV4 signature (the signature alone is no secret)
+    usable_until: datetime  # X-Amz-Date + the allowed skew: stale afterwards anyway
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """A caller proven by STS: the ARN as STS gave it and the IAM entity it maps to."""
 
@@ -106,7 +121,7 @@ class Principal:
 
 def check_login(
     req: LoginRequest, *, sts_endpoint: str, server_id: str, now: datetime, max_skew: timedelta
-) -> None:
+) -> SignedLogin:
     """Raise LoginRejected unless ``req`` is a fresh, signed GetCallerIdentity for us."""
     if req.method != "POST":
         raise LoginRejected("the signed request must be a POST")
@@ -144,6 +159,7 @@ def check_login(
             f"the signed request is stale: X-Amz-Date must be within "
             f"{int(max_skew.total_seconds() // 60)} minutes of the server's clock"
         )
+    return SignedLogin(replay_key(req.headers), signed_at + max_skew)
 
 
 def _check_body(body: bytes) -> None:
@@ -173,6 +189,15 @@ def claimed_key_id(headers: Mapping[str, str]) -> str:
     """The access key id a sign-in request claims (for the audit row of a refusal)."""
     match = _AUTH_RE.match(headers.get("authorization", ""))
     return match["cred"].split("/", 1)[0][:128] if match else ""
+
+
+def replay_key(headers: Mapping[str, str]) -> bytes:
+    """The SHA-256 of the request's SigV4 signature: one key per signed sign-in."""
+    match = _AUTH_RE.match(headers.get("authorization", ""))
+    if match is None:
+        raise LoginRejected("the request carries no AWS SigV4 Authorization header")
+    # The pattern admits lower-case hex only, so one signature has exactly one spelling.
+    return hashlib.sha256(match["sig"].encode("ascii")).digest()
 
 
 def principal_from_arn(caller_arn: str) -> Principal:

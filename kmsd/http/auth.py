@@ -8,10 +8,10 @@ import structlog
 from aiohttp import web
 
 from kmsd.aws.sts import caller_arn
-from kmsd.db import sessions
+from kmsd.db import sessions, signins
 from kmsd.domain.bearer import check_kind, parse_bearer
 from kmsd.domain.signin import LoginRequest, check_login, claimed_key_id, principal_from_arn
-from kmsd.errors import KmsError, Unauthenticated
+from kmsd.errors import KmsError, LoginRejected, Unauthenticated
 from kmsd.http.access import check_allowlist
 from kmsd.http.audit import write_attempt
 from kmsd.http.common import (
@@ -44,13 +44,17 @@ async def login(request: web.Request) -> web.Response:
         req = LoginRequest.from_json(await json_body(request, allowed=LOGIN_FIELDS))
         request[AUDIT_CLAIMED] = claimed_key_id(req.headers)
         now = request.app[CLOCK].now()
-        check_login(
+        signed = check_login(
             req,
             sts_endpoint=settings.sts_endpoint,
             server_id=settings.server_id,
             now=now,
             max_skew=timedelta(seconds=settings.login_max_skew_s),
         )
+        # Recorded before STS sees it, so a signature is spent whatever STS answers: a replay
+        # racing the first use on another replica loses at the primary key, never at STS.
+        if not await signins.first_use(request.app[POOL], signed):
+            raise LoginRejected("this signed sign-in request was already used")
         who = principal_from_arn(await caller_arn(request.app[HTTP], settings.sts_endpoint, req))
     except KmsError as err:
         metrics.logins.labels("rejected").inc()

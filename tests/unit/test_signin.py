@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,13 @@ import pytest
 from botocore.credentials import Credentials
 
 from kmsd.aws.login import LOGIN_BODY, sign_login
-from kmsd.domain.signin import LoginRequest, Principal, check_login, principal_from_arn
+from kmsd.domain.signin import (
+    LoginRequest,
+    Principal,
+    check_login,
+    principal_from_arn,
+    replay_key,
+)
 from kmsd.errors import InvalidInput, LoginRejected
 
 STS = "http://127.0.0.1:5000"
@@ -406,3 +413,53 @@ BAD_ARNS = {
 def test_principal_from_bad_arn_is_rejected(caller: str) -> None:
     with pytest.raises(LoginRejected):
         principal_from_arn(caller)
+
+
+# Single use: the key is the SHA-256 of the SigV4 signature, and only of it.
+
+
+def test_check_returns_the_signature_key_and_staleness(
+    signed_doc: dict[str, str], parts: Parts
+) -> None:
+    signed = check_login(
+        LoginRequest.from_json(signed_doc),
+        sts_endpoint=STS,
+        server_id=SERVER_ID,
+        now=parts.signed_at(),
+        max_skew=SKEW,
+    )
+    sig = re.search(r"Signature=([0-9a-f]{64})$", parts.get("Authorization"))
+    assert sig is not None
+    assert signed.replay_key == hashlib.sha256(sig[1].encode()).digest()
+    assert sig[1].encode() not in signed.replay_key  # the hash, never the signature itself
+    assert signed.usable_until == parts.signed_at() + SKEW
+
+
+def test_unsigned_changes_keep_the_key(parts: Parts) -> None:
+    # Whoever holds a captured request can add an unsigned header: still the same sign-in.
+    before = replay_key(LoginRequest.from_json(parts.encode()).headers)
+    parts.set("X-Unsigned-Extra", ["anything"])
+    assert replay_key(LoginRequest.from_json(parts.encode()).headers) == before
+
+
+def test_two_signings_have_two_keys() -> None:
+    docs = [
+        sign_login(
+            Credentials("AKIDEXAMPLE", secret),
+            region="us-east-1",
+            sts_endpoint=STS,
+            server_id=SERVER_ID,
+        )
+        for secret in ("secret-1", "secret-2")
+    ]
+    keys = {replay_key(LoginRequest.from_json(doc).headers) for doc in docs}
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["", "Bearer x", "AWS4-HMAC-SHA256 Credential=a/b/sts/aws4_request, SignedHeaders=host"],
+)
+def test_no_signature_no_key(authorization: str) -> None:
+    with pytest.raises(LoginRejected, match="SigV4"):
+        replay_key({"authorization": authorization})

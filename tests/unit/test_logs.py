@@ -9,8 +9,15 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+from aiohttp.http_exceptions import BadHttpMessage, InvalidHeader, LineTooLong
 
-from kmsd.logs import REDACTED_FIELDS, configure, drop_secret_fields
+from kmsd.logs import (
+    AIOHTTP_LOGGER,
+    REDACTED_FIELDS,
+    AiohttpRecords,
+    configure,
+    drop_secret_fields,
+)
 
 SECRET_KEYS = [
     "value",
@@ -118,3 +125,71 @@ def test_nested_and_aws_style_names_are_dropped() -> None:
     }
     out = drop_secret_fields(None, "info", event)
     assert out == {"event": "x", "request": {"SecretId": "db", "inner": [{}]}}
+
+
+# aiohttp's own loggers: their records carry raw request bytes and must not reach the log.
+
+CANARY = "canary-7f3a9c"
+
+
+@pytest.fixture
+def restore_aiohttp_logger() -> Iterator[logging.Logger]:
+    logger = logging.getLogger(AIOHTTP_LOGGER)
+    handlers, propagate = list(logger.handlers), logger.propagate
+    yield logger
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+    structlog.reset_defaults()
+
+
+def _log_exception(name: str, exc: Exception) -> None:
+    try:
+        raise exc
+    except Exception:
+        logging.getLogger(name).exception("Error handling request from %s: %s", CANARY, CANARY)
+
+
+@pytest.mark.parametrize(
+    ("exc", "event"),
+    [
+        (BadHttpMessage(f"Invalid trailer: {CANARY}"), "http_parse_error"),
+        (InvalidHeader(f"Bearer {CANARY}\x01".encode()), "http_parse_error"),
+        (LineTooLong(CANARY, "8190"), "http_parse_error"),
+        (ValueError(CANARY), "aiohttp_log"),
+    ],
+    ids=["bad-message", "bad-header", "line-too-long", "other"],
+)
+@pytest.mark.parametrize("name", ["aiohttp.server", "aiohttp.web", "aiohttp.internal"])
+def test_aiohttp_records_become_events_without_request_bytes(
+    capsys: pytest.CaptureFixture[str],
+    restore_aiohttp_logger: logging.Logger,
+    exc: Exception,
+    event: str,
+    name: str,
+) -> None:
+    configure("json")
+    _log_exception(name, exc)
+    err = capsys.readouterr().err
+    assert CANARY not in err
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    doc = orjson.loads(line)
+    assert (doc["event"], doc["logger"], doc["error"]) == (event, name, type(exc).__name__)
+    assert doc["raised_at"].endswith(".py:" + doc["raised_at"].rsplit(":", 1)[1])
+
+
+def test_access_records_carry_no_request_line(
+    capsys: pytest.CaptureFixture[str], restore_aiohttp_logger: logging.Logger
+) -> None:
+    configure("json")
+    logging.getLogger("aiohttp.access").warning('"GET /v1/x?token=%s HTTP/1.1" 200', CANARY)
+    err = capsys.readouterr().err
+    assert CANARY not in err
+    assert orjson.loads(err)["event"] == "aiohttp_log"
+
+
+def test_configure_twice_installs_one_handler(restore_aiohttp_logger: logging.Logger) -> None:
+    configure("json")
+    configure("console")
+    assert sum(isinstance(h, AiohttpRecords) for h in restore_aiohttp_logger.handlers) == 1
+    assert restore_aiohttp_logger.propagate is False

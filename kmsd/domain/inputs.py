@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kmsd.errors import InvalidInput
+from kmsd.errors import InvalidInput, PayloadTooLarge
 
+# Secrets Manager's own limit on one version's value.
+SM_MAX_VALUE_BYTES = 65536
 # Nothing kmsd keeps should outlive this; far enough for any certificate or data key.
 MAX_AHEAD = timedelta(days=100 * 366)
 
@@ -36,3 +38,14 @@ def parse_expiry(raw: object, *, now: datetime, field: str = "expires_at") -> da
     if when - now > MAX_AHEAD:
         raise InvalidInput(f"{field} must be within 100 years")
     return when
+
+
+def check_value_size(size: int) -> None:
+    """Refuse a value Secrets Manager would refuse, before anything is written (413)."""
+    if size > SM_MAX_VALUE_BYTES:
+        raise PayloadTooLarge(
+            f"the value is {size} bytes; Secrets Manager stores at most "
+            f"{SM_MAX_VALUE_BYTES} bytes (64 KiB) per secret version",
+            limit=SM_MAX_VALUE_BYTES,
+            size=size,
+        )

@@ -14,6 +14,7 @@ from aiohttp import web
 from kmsd.domain import outbound
 from kmsd.domain import rotation as machine
 from kmsd.domain.access import ROOT
+from kmsd.domain.inputs import SM_MAX_VALUE_BYTES, check_value_size
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
@@ -58,6 +59,9 @@ async def start(request: web.Request) -> web.Response:
     request[AUDIT_TARGET] = f"{path}/{name}"
     who = await authorize(request, "rotate", str(path))
     value = _value(doc)
+    if value is not None:
+        # A value the caller chose is a write: rotate alone only rotates to a value kmsd makes.
+        await authorize(request, "edit", str(path))
     leaked = doc.get("leaked", False)
     if not isinstance(leaked, bool):
         raise InvalidInput("'leaked' must be true or false")
@@ -99,14 +103,20 @@ def _value(doc: dict[str, Any]) -> str | bytes | None:
     if "value" in doc:
         if not isinstance(doc["value"], dict):
             raise InvalidInput("'value' must be a JSON object")
-        return orjson.dumps(doc["value"]).decode()
+        encoded = orjson.dumps(doc["value"])
+        check_value_size(len(encoded))
+        return encoded.decode()
     raw = doc["value_b64"]
     if not isinstance(raw, str):
         raise InvalidInput("'value_b64' must be a string: the new value's bytes in base64")
+    if len(raw) > (SM_MAX_VALUE_BYTES * 4) // 3 + 8:  # refused before decoding a huge body
+        check_value_size(len(raw) * 3 // 4)
     try:
-        return base64.b64decode(raw, validate=True)
+        data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):  # ValueError: text that is not ASCII
         raise InvalidInput("'value_b64' is not valid base64") from None
+    check_value_size(len(data))
+    return data
 
 
 async def list_rotations(request: web.Request) -> web.Response:

@@ -16,10 +16,10 @@ from kmsd.db import audit as audit_db
 from kmsd.db import store
 from kmsd.domain.access import ROOT
 from kmsd.domain.audit import ChainedRow
-from kmsd.domain.inputs import parse_expiry
+from kmsd.domain.inputs import SM_MAX_VALUE_BYTES, check_value_size, parse_expiry
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
-from kmsd.errors import InvalidInput, NotFound, PayloadTooLarge
+from kmsd.errors import InvalidInput, NotFound
 from kmsd.http import access, iam, openapi
 from kmsd.http.access import authorize
 from kmsd.http.auth import login
@@ -36,7 +36,6 @@ from kmsd.services.scheduler import EXPIRING_HAND_MADE
 GENERATE_FIELDS = frozenset({"use", "algorithm", "length", "lifetime_days", "description"})
 PUT_SECRET_FIELDS = frozenset({"kind", "value", "value_b64", "description", "tags", "expires_at"})
 # Secrets Manager refuses SecretString/SecretBinary over 65,536 bytes.
-SM_MAX_VALUE_BYTES = 65536
 MAX_TAGS = 50
 
 
@@ -355,31 +354,21 @@ def _value_of(kind: str, doc: dict[str, Any]) -> str | bytes:
         if not doc["value"]:
             raise InvalidInput("a json secret needs at least one key")
         encoded = orjson.dumps(doc["value"], option=orjson.OPT_SORT_KEYS)
-        _check_size(len(encoded))
+        check_value_size(len(encoded))
         return encoded.decode()
     raw = doc.get("value_b64")
     if not isinstance(raw, str):
         raise InvalidInput("a binary secret needs 'value_b64': the file's bytes in base64")
     if len(raw) > (SM_MAX_VALUE_BYTES * 4) // 3 + 8:
-        _check_size(len(raw) * 3 // 4)
+        check_value_size(len(raw) * 3 // 4)
     try:
         data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput("'value_b64' is not valid base64") from None
     if not data:
         raise InvalidInput("a binary secret cannot be empty")
-    _check_size(len(data))
+    check_value_size(len(data))
     return data
-
-
-def _check_size(size: int) -> None:
-    if size > SM_MAX_VALUE_BYTES:
-        raise PayloadTooLarge(
-            f"the value is {size} bytes; Secrets Manager stores at most "
-            f"{SM_MAX_VALUE_BYTES} bytes (64 KiB) per secret version",
-            limit=SM_MAX_VALUE_BYTES,
-            size=size,
-        )
 
 
 def _description(doc: dict[str, Any]) -> str:

@@ -1,0 +1,55 @@
+"""Hostile inputs through the API (real PostgreSQL and moto): each refused at the edge, with the
+right status, leaving nothing behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from tests.conftest import Identity
+from tests.integration.conftest import Api, snapshot
+
+PATH = "prod/pay"
+
+
+async def _start(api: Api, name: str, **body: Any) -> tuple[int, Any]:
+    return await api.call("POST", "/v1/rotations", json={"path": PATH, "name": name, **body})
+
+
+async def test_rotate_alone_may_rotate_only_to_a_value_kmsd_makes(
+    api: Api, reader_api: Api, reader: Identity, db: asyncpg.Connection
+) -> None:
+    await api.ok("PUT", f"/v1/nodes/{PATH}?parents=true")
+    await api.put_json(f"{PATH}/db", {"password": "p"})
+    await api.ok("POST", f"/v1/generate/{PATH}/signing", json={"use": "signing"})
+    await api.grant(reader.arn, PATH, "rotate")
+    # A plain put by this principal is refused; a rotation with a value of its choosing is a
+    # put by another door, refused the same way, and changes nothing.
+    status, _ = await reader_api.call("PUT", f"/v1/secrets/{PATH}/db", json={"value": {"a": "b"}})
+    assert status == 403
+    before = await snapshot(db)
+    status, problem = await _start(reader_api, "db", value={"password": "mine"})
+    assert status == 403, problem
+    assert "edit" in problem["detail"]
+    assert await snapshot(db) == before
+    # A value kmsd generates by the secret's own spec is what rotate is for.
+    status, rot = await _start(reader_api, "signing", generate=True)
+    assert status == 201, rot
+    # With edit too, a chosen value is fine.
+    await api.grant(reader.arn, PATH, "edit")
+    status, rot = await _start(reader_api, "db", value={"password": "mine"})
+    assert status == 201, rot
+
+
+async def test_a_rotation_value_over_64_kib_is_refused_before_anything_is_written(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    await api.ok("PUT", f"/v1/nodes/{PATH}?parents=true")
+    await api.put_json(f"{PATH}/db", {"password": "p"})
+    before = await snapshot(db)
+    status, problem = await _start(api, "db", value={"blob": "x" * 70000})
+    assert (status, problem["limit"]) == (413, 65536)
+    status, problem = await _start(api, "db", value_b64="eA==" * 30000)
+    assert status == 413, problem
+    assert await snapshot(db) == before

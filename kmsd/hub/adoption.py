@@ -38,10 +38,10 @@ SET principal = EXCLUDED.principal, ip = EXCLUDED.ip, role = EXCLUDED.role,
     path_version = EXCLUDED.path_version, replica = EXCLUDED.replica,
     last_seen = EXCLUDED.last_seen
 WHERE adoption.last_seen <= EXCLUDED.last_seen
-  -- Another principal cannot speak for a live instance (a host with read on the path could
-  -- otherwise claim others hold a version and open a rotation gate); a stale slot is free.
-  AND (adoption.principal = EXCLUDED.principal
-       OR adoption.last_seen < EXCLUDED.last_seen - interval '10 minutes')
+  -- An instance's slot belongs to the principal that first reported it: another one with read
+  -- on the path cannot speak for it, live or stale (it could otherwise claim a version is held
+  -- and open a rotation gate). Forgetting the instance (an operator's call) frees the slot.
+  AND adoption.principal = EXCLUDED.principal
 """
 ROWS_OF_PATH = """
 SELECT instance_id, principal, ip, app_process_ids, held::text AS held,
@@ -77,14 +77,17 @@ class AdoptionBuffer:
         self._pool = pool
         self._replica = replica
         self._metrics = metrics
-        self._pending: dict[tuple[str, str], Report] = {}
+        # Keyed by principal too: a report by another principal under the same instance id
+        # must not replace the owner's before the database decides whose slot it is.
+        self._pending: dict[tuple[str, str, str], Report] = {}
 
     def report(self, report: Report) -> None:
-        self._pending[(report.path, report.instance_id)] = report
+        self._pending[(report.path, report.instance_id, report.principal)] = report
 
     def forget(self, path: str, instance_id: str) -> None:
-        """Drop an unflushed report (an operator forgot the instance)."""
-        self._pending.pop((path, instance_id), None)
+        """Drop unflushed reports of an instance (an operator forgot it)."""
+        for key in [k for k in self._pending if k[:2] == (path, instance_id)]:
+            del self._pending[key]
 
     async def flush(self) -> int:
         """Write every pending report in one statement; return how many."""
@@ -92,7 +95,8 @@ class AdoptionBuffer:
             return 0
         batch, self._pending = list(self._pending.values()), {}
         try:
-            await self._write(batch)
+            for round_ in _rounds(batch):
+                await self._write(round_)
         except asyncpg.DataError:
             # One report PostgreSQL cannot store must not hold up everyone's: write them one
             # by one and drop only those it refuses.
@@ -100,7 +104,7 @@ class AdoptionBuffer:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Keep what failed unless a newer report arrived meanwhile; retry next round.
             for r in batch:
-                self._pending.setdefault((r.path, r.instance_id), r)
+                self._pending.setdefault((r.path, r.instance_id, r.principal), r)
             log.warning("adoption_flush_failed", error=type(exc).__name__, pending=len(batch))
             return 0
         self._metrics.adoption_flush_size.observe(len(batch))
@@ -147,3 +151,20 @@ class AdoptionBuffer:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.flush())
+
+
+def _rounds(batch: list[Report]) -> list[list[Report]]:
+    """Split ``batch`` so no statement upserts one (path, instance) twice (PostgreSQL refuses)."""
+    rounds: list[list[Report]] = []
+    seen: list[set[tuple[str, str]]] = []
+    for r in batch:
+        key = (r.path, r.instance_id)
+        for i, keys in enumerate(seen):
+            if key not in keys:
+                keys.add(key)
+                rounds[i].append(r)
+                break
+        else:
+            seen.append({key})
+            rounds.append([r])
+    return rounds

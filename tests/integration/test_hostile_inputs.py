@@ -53,3 +53,37 @@ async def test_a_rotation_value_over_64_kib_is_refused_before_anything_is_writte
     status, problem = await _start(api, "db", value_b64="eA==" * 30000)
     assert status == 413, problem
     assert await snapshot(db) == before
+
+
+async def test_an_instance_slot_belongs_to_its_principal_even_when_stale(
+    api: Api, reader_api: Api, reader: Identity, client: Any, db: asyncpg.Connection
+) -> None:
+    from kmsd.keys import ADOPTION
+
+    buffer = client.app[ADOPTION]
+    await api.ok("PUT", f"/v1/nodes/{PATH}?parents=true")
+    await api.grant(reader.arn, PATH, "read")
+
+    def body(version: str) -> dict[str, Any]:
+        return {"path": PATH, "path_version": 0, "instance_id": "i-victim", "held": {"db": version}}
+
+    await api.call("POST", "/v1/watch?timeout=0", json=body("v-owner-1"))
+    await buffer.flush()
+    # The attacker polls under the victim's id between the victim's polls: the victim's own
+    # newer report must still land (it is not replaced in the buffer by the attacker's).
+    await api.call("POST", "/v1/watch?timeout=0", json=body("v-owner-2"))
+    await reader_api.call("POST", "/v1/watch?timeout=0", json=body("v-fake"))
+    await buffer.flush()
+    report = await api.ok("GET", f"/v1/adoption/{PATH}")
+    assert [(i["instance_id"], i["principal"]) for i in report["instances"]] == [
+        ("i-victim", api_arn := report["instances"][0]["principal"])
+    ]
+    assert api_arn != reader.arn
+    assert report["secrets"][0]["versions"][0]["version_id"] == "v-owner-2"
+    # The victim goes silent for long past the staleness window: the slot is still its own.
+    await db.execute("UPDATE adoption SET last_seen = now() - interval '1 day'")
+    await reader_api.call("POST", "/v1/watch?timeout=0", json=body("v-fake"))
+    await buffer.flush()
+    row = await db.fetchrow("SELECT principal, held::text AS held FROM adoption")
+    assert row is not None
+    assert (row["principal"], "v-fake" in row["held"]) == (api_arn, False)

@@ -50,10 +50,15 @@ def caller_ip(request: web.Request) -> IpAddress | None:
         return None
 
 
+# A load balancer's health check may come from anywhere; everything else is behind the fence.
+UNFENCED = frozenset({"/healthz"})
+
+
 def check_allowlist(request: web.Request) -> None:
-    """Refuse API calls from outside ``KMSD_ALLOWED_CIDRS`` (when set)."""
+    """Refuse calls from outside ``KMSD_ALLOWED_CIDRS`` (when set): the API, the console's pages
+    and event streams, the login link and /metrics alike; only /healthz is outside the fence."""
     allowed = request.app[SETTINGS].allowed_cidrs
-    if allowed and request.path.startswith("/v1/") and not ip_in(caller_ip(request), allowed):
+    if allowed and request.path not in UNFENCED and not ip_in(caller_ip(request), allowed):
         raise Forbidden(f"calls from {request[CLIENT_IP]} are not allowed (KMSD_ALLOWED_CIDRS)")
 
 

@@ -178,6 +178,17 @@ async def test_global_allowlist(
     assert "KMSD_ALLOWED_CIDRS" in problem["detail"]
     row = await _denied_row(db)
     assert (row["source_ip"], row["outcome"]) == ("203.0.113.7", "denied")
+    # The fence covers every route: the console's pages, its login link, the event streams,
+    # the API document and the metrics; only the load balancer's health check is outside it.
+    outside = _from("203.0.113.7")
+    for path in ("/ui/login?code=x", "/ui/rotations", "/ui/rotations/1/events", "/metrics"):
+        async with api.client.get(path, headers=outside) as resp:
+            assert resp.status == 403, path
+            assert resp.content_type == "application/problem+json"
+    async with api.client.get("/v1/openapi.json", headers=outside) as resp:
+        assert resp.status == 403
+    async with api.client.get("/healthz", headers=outside) as resp:
+        assert resp.status == 200
 
 
 async def test_token_is_bound_to_the_ip_that_signed_in(

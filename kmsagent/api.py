@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -76,6 +76,16 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return _problem(exc.status, exc.reason, exc.text or exc.reason, {})
 
 
+_TOKEN_NAME = TOKEN_HEADER.lower().encode("ascii")
+
+
+def _raw_token(raw_headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The token header's bytes as sent (never decoded: any byte may be in it); None if absent
+    or repeated."""
+    given = [value.strip() for name, value in raw_headers if name.lower() == _TOKEN_NAME]
+    return given[0] if len(given) == 1 else None
+
+
 def token_guard(token: str) -> Middleware:
     """The TCP listener's SSRF fence: the token header, and no sign of a forwarding proxy."""
     expected = token.encode()
@@ -84,8 +94,8 @@ def token_guard(token: str) -> Middleware:
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
             raise Problem(403, "Forwarded", "requests relayed by a proxy are refused")
-        given = request.headers.get(TOKEN_HEADER, "").encode()
-        if not hmac.compare_digest(given, expected):
+        given = _raw_token(request.raw_headers)
+        if given is None or not hmac.compare_digest(given, expected):
             raise Problem(
                 401, "Token required", f"send {TOKEN_HEADER} with the token from the token file"
             )

@@ -178,3 +178,37 @@ async def test_localhost_listener_demands_the_token_and_refuses_proxies(
     ok = await client.get("/v1/secrets/db", headers={"X-Kmsagent-Token": "s3cret-token"})
     assert ok.status == 200
     assert "s3cret-token" not in await wrong.text()
+
+
+async def raw_get(client: Client, *headers: bytes) -> int:
+    """A request sent byte for byte (an HTTP client would refuse to send such headers)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        lines = [b"GET /v1/secrets/db HTTP/1.1", b"Host: 127.0.0.1", *headers, b"Connection: close"]
+        writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param((b"X-Kmsagent-Token: \xff\xfe",), id="not-utf-8"),
+        pytest.param((b"X-Kmsagent-Token: s3cret-token\xc3",), id="token-then-a-broken-byte"),
+        pytest.param((b"X-Kmsagent-Token: \xc3\xa9t\xc3\xa9",), id="utf-8-but-wrong"),
+        pytest.param((b"X-Kmsagent-Token: ",), id="empty"),
+        pytest.param(
+            (b"X-Kmsagent-Token: s3cret-token", b"X-Kmsagent-Token: s3cret-token"),
+            id="repeated",
+        ),
+    ],
+)
+async def test_a_malformed_token_header_is_refused_like_a_wrong_one(
+    agent: Agent, aiohttp_client: MakeClient, headers: tuple[bytes, ...]
+) -> None:
+    synced(agent)
+    client = await aiohttp_client(local_app(agent, token="s3cret-token"))
+    assert await raw_get(client, *headers) == 401
+    assert await raw_get(client, b"x-kmsagent-token: s3cret-token") == 200  # the same path works

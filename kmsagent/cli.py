@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import grp
 import logging
 import os
@@ -84,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise InvalidInput(f"{path!r} is a namespace; give namespace/application[/...]")
         if not args.kmsd_addr or not args.server_id:
             raise InvalidInput("set --kmsd-addr and --server-id (or KMSD_ADDR, KMSD_SERVER_ID)")
+        # Before anything else: a token file that cannot be trusted stops the start-up.
+        args.token = _token(Path(args.token_file)) if args.listen_port else None
         asyncio.run(run(args))
     except (InvalidInput, CredentialsError, OSError) as exc:
         print(f"kmsagent: {exc}", file=sys.stderr)
@@ -170,8 +173,7 @@ async def _listen(agent: Agent, args: argparse.Namespace) -> list[web.AppRunner]
         await web.SockSite(runner, _unix_socket(args)).start()
         runners.append(runner)
     if args.listen_port:
-        token = _token(Path(args.token_file))
-        runner = web.AppRunner(local_app(agent, token=token), access_log=None)
+        runner = web.AppRunner(local_app(agent, token=args.token), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", args.listen_port).start()
         runners.append(runner)
@@ -200,17 +202,53 @@ def _unix_socket(args: argparse.Namespace) -> socket.socket:
     return sock
 
 
+def token_file_problem(mode: int, uid: int, euid: int) -> str | None:
+    """Why an existing token file cannot be trusted (from its ``lstat``/``fstat``), or None.
+
+    Whoever can read the token can defeat the SSRF fence; whoever can write it or swap the
+    file (a symlink, a file owned by another user) can choose the token.
+    """
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    if uid != euid:
+        return f"is owned by uid {uid}, not by this agent's user (uid {euid})"
+    if mode & 0o077:
+        return f"has mode {stat.S_IMODE(mode):04o}; group and others must have no access (0600)"
+    return None
+
+
 def _token(path: Path) -> str:
-    """The SSRF token: read it, or make one (mode 0600, readable by root alone)."""
+    """The SSRF token: read it from a file only this user can touch, or make one (0600)."""
     try:
-        token = path.read_text().strip()
-        if token:
-            return token
+        # O_NOFOLLOW: a symlink fails with ELOOP; O_NONBLOCK: a FIFO planted there cannot hang us.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        pass
+        return _new_token(path)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise InvalidInput(f"token file {path} is a symbolic link; refusing it") from None
+    try:
+        info = os.fstat(fd)  # the file opened, not whatever the path names by now
+        problem = token_file_problem(info.st_mode, info.st_uid, os.geteuid())
+        if problem is not None:
+            raise InvalidInput(f"token file {path} {problem}; refusing it")
+        token = os.read(fd, 4096).strip().decode("ascii", "replace")
+    finally:
+        os.close(fd)
+    if not token:
+        raise InvalidInput(f"token file {path} is empty; remove it to have a new one made")
+    return token
+
+
+def _new_token(path: Path) -> str:
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_EXCL|O_NOFOLLOW: never write through a file or symlink someone planted meanwhile.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(token + "\n")
     return token

@@ -7,9 +7,15 @@ once, it reached SM and then broke every later step that touched it.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 from kmsd.errors import InvalidInput, PayloadTooLarge
+
+# ASCII digits only: str.isdigit() and int() also take other scripts' digits (U+0663, U+FF13), so
+# two readers of one id could disagree about what it names.
+_ASCII_INT = re.compile(r"[0-9]{1,18}")
+MAX_BIGINT = 2**63 - 1
 
 # Secrets Manager's own limit on one version's value.
 SM_MAX_VALUE_BYTES = 65536
@@ -49,3 +55,23 @@ def check_value_size(size: int) -> None:
             limit=SM_MAX_VALUE_BYTES,
             size=size,
         )
+
+
+def parse_int(raw: object, field: str, *, low: int, high: int) -> int:
+    """A query parameter or body field that must be an integer in [low, high], ASCII digits."""
+    if isinstance(raw, bool) or not (
+        isinstance(raw, int) or (isinstance(raw, str) and _ASCII_INT.fullmatch(raw))
+    ):
+        raise InvalidInput(f"{field} must be an integer between {low} and {high}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise InvalidInput(f"{field} must be an integer between {low} and {high}")
+    return value
+
+
+def parse_id(raw: str) -> int | None:
+    """A row id from a URL (a bigint identity), or None when ``raw`` can name no row."""
+    if not _ASCII_INT.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if 0 < value <= MAX_BIGINT else None

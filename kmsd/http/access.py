@@ -21,6 +21,7 @@ from kmsd.domain.access import (
     ip_in,
     parse_cidrs,
 )
+from kmsd.domain.inputs import parse_id
 from kmsd.domain.names import NodePath
 from kmsd.domain.signin import Principal
 from kmsd.errors import Forbidden, InvalidInput, NotFound
@@ -122,12 +123,9 @@ async def grant(request: web.Request) -> web.Response:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    try:
-        binding_id = int(request.match_info["id"])
-    except ValueError:
-        raise InvalidInput("binding id must be an integer") from None
-    if not 0 < binding_id <= MAX_BIGINT:  # ids are bigint identities: anything else is none
-        raise NotFound(f"binding {request.match_info['id'][:40]} does not exist")
+    binding_id = parse_id(request.match_info["id"])
+    if binding_id is None:  # ids are bigint identities: anything else names none
+        raise NotFound(f"binding {request.match_info['id'][:40]!r} does not exist")
     pool = request.app[POOL]
     row = await pool.fetchrow(bindings_db.GET, binding_id)
     if row is None:

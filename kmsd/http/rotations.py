@@ -14,7 +14,7 @@ from aiohttp import web
 from kmsd.domain import outbound
 from kmsd.domain import rotation as machine
 from kmsd.domain.access import ROOT
-from kmsd.domain.inputs import SM_MAX_VALUE_BYTES, check_value_size
+from kmsd.domain.inputs import SM_MAX_VALUE_BYTES, check_value_size, parse_id, parse_int
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
@@ -31,9 +31,10 @@ START_FIELDS = frozenset(
 
 def _rotation_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:  # bigint ids; anything else names no rotation
+    rotation_id = parse_id(raw)
+    if rotation_id is None:  # bigint ids; anything else names no rotation
         raise NotFound(f"rotation {raw[:40]!r} does not exist")
-    return int(raw)
+    return rotation_id
 
 
 async def _secret_path(request: web.Request, rotation_id: int) -> str:
@@ -125,12 +126,7 @@ async def list_rotations(request: web.Request) -> web.Response:
         path = str(NodePath.parse(path))
     await authorize(request, "view", path or ROOT)
     active = flag(request, "active")
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise InvalidInput("limit must be an integer") from None
-    if not 1 <= limit <= 1000:
-        raise InvalidInput("limit must be between 1 and 1000")
+    limit = parse_int(request.query.get("limit", "100"), "limit", low=1, high=1000)
     found = await request.app[ROTATIONS].list(path, active_only=active, limit=limit)
     return json_response({"rotations": list(found)})
 

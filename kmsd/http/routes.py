@@ -16,7 +16,7 @@ from kmsd.db import audit as audit_db
 from kmsd.db import store
 from kmsd.domain.access import ROOT
 from kmsd.domain.audit import ChainedRow
-from kmsd.domain.inputs import SM_MAX_VALUE_BYTES, check_value_size, parse_expiry
+from kmsd.domain.inputs import SM_MAX_VALUE_BYTES, check_value_size, parse_expiry, parse_int
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
 from kmsd.errors import InvalidInput, NotFound
@@ -231,12 +231,7 @@ async def audit_list(request: web.Request) -> web.Response:
     if path is not None:
         path = str(NodePath.parse(path))
     await authorize(request, "view" if path else "admin", path or ROOT)
-    try:
-        limit = int(q.get("limit", "100"))
-    except ValueError:
-        raise InvalidInput("limit must be an integer") from None
-    if not 1 <= limit <= 10000:
-        raise InvalidInput("limit must be between 1 and 10000")
+    limit = parse_int(q.get("limit", "100"), "limit", low=1, high=10000)
     records = await request.app[POOL].fetch(
         audit_db.SELECT_ROWS,
         q.get("principal"),
@@ -292,12 +287,7 @@ async def audit_verify(request: web.Request) -> web.Response:
 async def expiring(request: web.Request) -> web.Response:
     """Hand-made secrets expiring within ?days= (default 30): they cannot rotate themselves."""
     await authorize(request, "view", ROOT)
-    try:
-        days = int(request.query.get("days", "30"))
-    except ValueError:
-        raise InvalidInput("days must be an integer") from None
-    if not 0 <= days <= 3650:
-        raise InvalidInput("days must be between 0 and 3650")
+    days = parse_int(request.query.get("days", "30"), "days", low=0, high=3650)
     horizon = request.app[CLOCK].now() + timedelta(days=days)
     rows = await request.app[POOL].fetch(EXPIRING_HAND_MADE, horizon)
     return json_response(

@@ -384,6 +384,8 @@ async def test_console_link_signs_in_once_and_shows_the_dashboard(
 ) -> None:
     await setup_shared(api)
     rot = await start(api)
+    # The audit trail is shared by every test (append-only): read only this test's rows.
+    since = await db.fetchval("SELECT coalesce(max(seq), 0) FROM audit_log")
     assert (await client.get(f"/ui/rotations/{rot['id']}", allow_redirects=False)).status == 401
     link = await api.ok("POST", "/v1/console/links")
     resp = await client.get(link["path"], allow_redirects=False)
@@ -402,7 +404,9 @@ async def test_console_link_signs_in_once_and_shows_the_dashboard(
     listing = await client.get("/ui/rotations", cookies={"kmsd_console": cookie.value})
     assert f"/ui/rotations/{rot['id']}" in await listing.text()
     audited = await db.fetch(
-        "SELECT action, outcome FROM audit_log WHERE action LIKE 'console.%' ORDER BY seq"
+        "SELECT action, outcome FROM audit_log WHERE action LIKE 'console.%' AND seq > $1"
+        " ORDER BY seq",
+        since,
     )
     assert [(r["action"], r["outcome"]) for r in audited] == [
         ("console.rotation", "denied"),  # no cookie yet

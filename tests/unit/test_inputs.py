@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kmsd.domain.inputs import parse_expiry
+from kmsd.domain.inputs import parse_expiry, parse_id, parse_int
 from kmsd.errors import InvalidInput
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -38,3 +38,36 @@ def test_accepted_in_utc() -> None:
     got = parse_expiry("2027-01-01T09:00:00+09:00", now=NOW)
     assert got == datetime(2027, 1, 1, tzinfo=UTC)
     assert got.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["\u0663", "\uff13", "1\u0663", "-1", "+1", " 1", "1 ", "1.0", "1e3", "", "0x10", True, None],
+)
+def test_integers_are_ascii_digits_only(raw: object) -> None:
+    with pytest.raises(InvalidInput, match="limit must be an integer"):
+        parse_int(raw, "limit", low=0, high=10)
+
+
+def test_integers_in_range() -> None:
+    assert parse_int("7", "limit", low=1, high=10) == 7
+    assert parse_int(7, "limit", low=1, high=10) == 7
+    with pytest.raises(InvalidInput):
+        parse_int("11", "limit", low=1, high=10)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", 1),
+        ("9223372036854775807", None),
+        ("922337203685477580", 922337203685477580),
+        ("0", None),
+        ("\u0663", None),
+        ("99999999999999999999", None),
+        ("-1", None),
+        ("", None),
+    ],
+)
+def test_ids(raw: str, expected: int | None) -> None:
+    assert parse_id(raw) == expected

@@ -25,6 +25,7 @@ import structlog
 
 from kmsagent.aws import FetchFailed, Reader
 from kmsagent.creds import CredentialsError
+from kmsagent.pacing import MAX_SERVER_DELAY_S, MIN_POLL_INTERVAL_S, poll_wait
 from kmsagent.state import (
     BadDocument,
     PathView,
@@ -68,7 +69,8 @@ class Backoff:
         step = min(self._cap, self._base * 2**self._failures)
         self._failures += 1
         delay = step / 2 + _rng.uniform(0, step / 2)
-        return float(max(delay, hint or 0.0))
+        # kmsd's hint is already bounded (pacing.retry_after); bound it again, whoever calls.
+        return float(max(delay, min(hint or 0.0, MAX_SERVER_DELAY_S)))
 
     def reset(self) -> None:
         self._failures = 0
@@ -130,7 +132,14 @@ class Agent:
     async def _loop(self, state: PathState) -> None:
         backoff = Backoff()
         resync_at = 0.0
+        started: float | None = None
         while True:
+            # However fast kmsd answers (or fails), requests for a path start this far apart.
+            interval = MIN_POLL_INTERVAL_S * _rng.uniform(1.0, 1.2)
+            wait = poll_wait(started, self.clock(), interval)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            started = self.clock()
             try:
                 if state.view is None or self.clock() >= resync_at:
                     await self._sync(state)

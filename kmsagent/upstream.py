@@ -18,6 +18,7 @@ import orjson
 import structlog
 from botocore.credentials import ReadOnlyCredentials
 
+from kmsagent.pacing import retry_after
 from kmsd.aws.login import sign_login
 
 log = structlog.get_logger(__name__)
@@ -155,7 +156,4 @@ def _detail(doc: Any) -> str:
 
 
 def _retry_after(headers: Any) -> float | None:
-    try:
-        return float(headers.get("Retry-After"))
-    except (TypeError, ValueError):
-        return None
+    return retry_after(headers.get("Retry-After"), time.time())

@@ -7,14 +7,32 @@ answers is what is exercised, over real HTTP.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import os
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiobotocore.session import AioSession
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from botocore.credentials import ReadOnlyCredentials
+from structlog.testing import capture_logs
 
+from kmsagent.aws import Reader
+from kmsagent.pacing import MAX_SERVER_DELAY_S, MIN_POLL_INTERVAL_S
+from kmsagent.sync import Agent, SyncConfig
+from kmsagent.upstream import Kmsd
 from tests.conftest import free_port
+from tests.integration.conftest import eventually
 
 BIN = Path(sys.executable).parent
 
@@ -88,3 +106,120 @@ def test_an_untrustworthy_token_file_stops_the_start_up(
     [line] = done.stderr.strip().splitlines()  # one clear line
     assert line.startswith(f"kmsagent: token file {path} {reason}")
     assert line.endswith("; refusing it")
+
+
+# -- a hostile kmsd --------------------------------------------------------------------------
+
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PATH = "prod/shop"
+EMPTY_SET = {"path": PATH, "path_version": 1, "hash": "h1", "secrets": []}
+
+
+class Hostile:
+    """A stand-in for kmsd: signs anyone in, then answers reads and polls as the test says."""
+
+    def __init__(self, effective: Answer, watch: Answer | None = None) -> None:
+        self.effective = effective
+        self.watch = watch or effective
+        self.hits: list[tuple[str, float]] = []  # (route, monotonic time it arrived)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/auth/aws/login", self._login)
+        app.router.add_get("/v1/effective/{path:.+}", self._hit("effective", self.effective))
+        app.router.add_post("/v1/watch", self._hit("watch", self.watch))
+        return app
+
+    async def _login(self, request: web.Request) -> web.Response:
+        expires = datetime.now(UTC) + timedelta(hours=1)
+        return web.json_response(
+            {"token": "t", "expires_at": expires.isoformat(), "principal": "arn:aws:iam::1:role/h"}
+        )
+
+    def _hit(self, route: str, answer: Answer) -> Answer:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            self.hits.append((route, time.monotonic()))
+            return await answer(request)
+
+        return handler
+
+    def count(self, route: str) -> int:
+        return sum(1 for r, _ in self.hits if r == route)
+
+
+async def no_aws_credentials() -> ReadOnlyCredentials:
+    return ReadOnlyCredentials("AKIDEXAMPLE", "not-a-real-secret", None)
+
+
+@asynccontextmanager
+async def agent_against(kmsd: Hostile) -> AsyncIterator[Agent]:
+    """A real agent syncing ``PATH`` from the stand-in; no value is ever read from AWS."""
+    server = TestServer(kmsd.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            upstream = Kmsd(
+                str(server.make_url("")),
+                "kmsd-test",
+                credentials=no_aws_credentials,
+                region="us-east-1",
+                sts_endpoint="https://sts.us-east-1.amazonaws.com",
+                http=http,
+            )
+            reader = Reader(AioSession(), "us-east-1")  # never opened: the sets hold no secret
+            agent = Agent([PATH], SyncConfig(instance_id="i-hostile"), upstream, reader)
+            task = asyncio.create_task(agent.run())
+            try:
+                yield agent
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        await server.close()
+
+
+def unavailable(retry_after: str) -> Answer:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"title": "Busy"}, status=503, headers={"Retry-After": retry_after}
+        )
+
+    return answer
+
+
+async def test_a_retry_after_that_is_not_delay_seconds_is_ignored() -> None:
+    kmsd = Hostile(unavailable("1e9"))  # float() took it for 31 years: the path froze
+    async with agent_against(kmsd) as agent:
+        await eventually(lambda: kmsd.count("effective") >= 3)  # the agent's own backoff
+        assert agent.paths[PATH].upstream == "unreachable"
+
+
+async def test_a_huge_retry_after_is_bounded() -> None:
+    kmsd = Hostile(unavailable("999999999"))
+    with capture_logs() as logs:
+        async with agent_against(kmsd) as agent:
+            await eventually(lambda: agent.stats["errors"] >= 1)
+    [failed, *_] = [e for e in logs if e["event"] == "sync_failed"]
+    assert failed["retry_in"] == MAX_SERVER_DELAY_S
+
+
+async def at_once_not_modified(request: web.Request) -> web.Response:
+    return web.Response(status=304)
+
+
+async def at_once_the_same_set(request: web.Request) -> web.Response:
+    return web.json_response(EMPTY_SET)
+
+
+@pytest.mark.parametrize("watch", [at_once_not_modified, at_once_the_same_set])
+async def test_a_kmsd_answering_every_poll_at_once_cannot_make_the_agent_spin(
+    watch: Answer,
+) -> None:
+    kmsd = Hostile(at_once_the_same_set, watch)
+    async with agent_against(kmsd) as agent:
+        await eventually(lambda: len(kmsd.hits) >= 5)
+        assert agent.paths[PATH].view is not None
+    starts = [t for _, t in kmsd.hits]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= MIN_POLL_INTERVAL_S * 0.95, gaps  # a little timer slack

@@ -28,6 +28,13 @@ RENEW_BEFORE_S = 300.0
 REQUEST_TIMEOUT_S = 30.0
 
 
+# The most the agent reads of one kmsd answer. An effective set is metadata (names, ARNs,
+# version ids, data keys' ciphertexts: about 1 KiB a secret), so 8 MiB is thousands of secrets;
+# a bigger answer is a bug or an attack, and reading it whole would grow the agent on every host.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
+
+
 class Unavailable(Exception):
     """kmsd could not be reached or answered 5xx; ``retry_after`` if it said when to retry."""
 
@@ -127,7 +134,7 @@ class Kmsd:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=limit or REQUEST_TIMEOUT_S),
             ) as resp:
-                raw = await resp.read()
+                raw = await _read_capped(resp)
                 doc = orjson.loads(raw) if raw and resp.status != 304 else None
                 return resp.status, resp.headers, doc
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
@@ -147,6 +154,21 @@ class Kmsd:
             limit=hold + REQUEST_TIMEOUT_S,
         )
         return None if status == 304 else dict(doc)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, refused (and its connection dropped) past ``MAX_ANSWER_BYTES``."""
+    declared = resp.content_length
+    body = bytearray()
+    if declared is None or declared <= MAX_ANSWER_BYTES:
+        async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                break
+        else:
+            return bytes(body)
+    resp.close()  # never read the rest, never reuse the connection
+    raise Unavailable(f"kmsd's answer is larger than {MAX_ANSWER_BYTES} bytes; not read")
 
 
 def _detail(doc: Any) -> str:

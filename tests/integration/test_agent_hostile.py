@@ -30,7 +30,7 @@ from structlog.testing import capture_logs
 from kmsagent.aws import Reader
 from kmsagent.pacing import MAX_SERVER_DELAY_S, MIN_POLL_INTERVAL_S
 from kmsagent.sync import Agent, SyncConfig
-from kmsagent.upstream import Kmsd
+from kmsagent.upstream import MAX_ANSWER_BYTES, Kmsd
 from tests.conftest import free_port
 from tests.integration.conftest import eventually
 
@@ -202,6 +202,41 @@ async def test_a_huge_retry_after_is_bounded() -> None:
             await eventually(lambda: agent.stats["errors"] >= 1)
     [failed, *_] = [e for e in logs if e["event"] == "sync_failed"]
     assert failed["retry_in"] == MAX_SERVER_DELAY_S
+
+
+class Flood:
+    """An answer of ``total`` bytes streamed in 1 MiB chunks, declared up front or not."""
+
+    def __init__(self, total: int, *, declared: bool) -> None:
+        self.total, self.declared = total, declared
+        self.sent = 0
+        self.finished = False
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if self.declared:
+            resp.content_length = self.total
+        await resp.prepare(request)
+        chunk = b" " * (1024 * 1024)
+        with contextlib.suppress(ConnectionError):
+            while self.sent < self.total:
+                await resp.write(chunk)
+                self.sent += len(chunk)
+            await resp.write_eof()
+            self.finished = True
+        return resp
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_an_answer_past_the_cap_is_an_error_and_is_not_read_whole(declared: bool) -> None:
+    flood = Flood(200 * 1024 * 1024, declared=declared)
+    async with agent_against(Hostile(flood)) as agent:
+        state = agent.paths[PATH]
+        await eventually(lambda: "larger than" in (state.error or ""), within=20)
+        assert state.upstream == "unreachable"  # so retried with backoff
+        assert state.view is None
+    assert not flood.finished
+    assert flood.sent < 4 * MAX_ANSWER_BYTES  # the agent hung up (socket buffers aside)
 
 
 async def at_once_not_modified(request: web.Request) -> web.Response:

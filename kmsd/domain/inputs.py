@@ -16,6 +16,10 @@ from kmsd.errors import InvalidInput, PayloadTooLarge
 # two readers of one id could disagree about what it names.
 _ASCII_INT = re.compile(r"[0-9]{1,18}")
 MAX_BIGINT = 2**63 - 1
+# Secrets are flat maps of strings in practice; nothing kmsd takes needs deeper documents, and
+# a deep one would exhaust a recursive encoder later (orjson stops at 255).
+MAX_JSON_DEPTH = 32
+YEARS = (1900, 9998)
 
 # Secrets Manager's own limit on one version's value.
 SM_MAX_VALUE_BYTES = 65536
@@ -23,8 +27,8 @@ SM_MAX_VALUE_BYTES = 65536
 MAX_AHEAD = timedelta(days=100 * 366)
 
 
-def parse_expiry(raw: object, *, now: datetime, field: str = "expires_at") -> datetime:
-    """An ISO 8601 time with a zone, in the future and at most MAX_AHEAD away, in UTC."""
+def parse_time(raw: object, field: str) -> datetime:
+    """An ISO 8601 time with a zone, in UTC; refused when UTC cannot represent it."""
     when = None
     if isinstance(raw, str):
         try:
@@ -36,14 +40,39 @@ def parse_expiry(raw: object, *, now: datetime, field: str = "expires_at") -> da
             f"{field} must be an ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z"
         )
     try:
-        when = when.astimezone(UTC)
+        utc = when.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput(f"{field} is outside the range of dates kmsd keeps") from None
+        utc = None
+    # The edges of Python's range overflow on the way to PostgreSQL: nothing kmsd keeps or
+    # filters on lies outside these years.
+    if utc is None or not YEARS[0] <= utc.year <= YEARS[1]:
+        raise InvalidInput(f"{field} is outside the range of dates kmsd keeps")
+    return utc
+
+
+def parse_expiry(raw: object, *, now: datetime, field: str = "expires_at") -> datetime:
+    """An ISO 8601 time with a zone, in the future and at most MAX_AHEAD away, in UTC."""
+    when = parse_time(raw, field)
     if when <= now:
         raise InvalidInput(f"{field} must be in the future")
     if when - now > MAX_AHEAD:
         raise InvalidInput(f"{field} must be within 100 years")
     return when
+
+
+def check_depth(doc: object, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` (iteratively: no recursion to exhaust)."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    raise InvalidInput(f"the JSON document is nested deeper than {limit} levels")
+                stack.append((child, depth + 1))
 
 
 def check_value_size(size: int) -> None:

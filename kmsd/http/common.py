@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kmsd.domain.inputs import check_depth
 from kmsd.domain.signin import Principal
 from kmsd.errors import InvalidInput, KmsError, Unauthenticated, UnsupportedMediaType
 
@@ -59,6 +60,10 @@ async def json_body(
     """
     if request.content_type not in ("application/json", ""):
         raise UnsupportedMediaType("send the request body as application/json")
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        # Bodies are small JSON documents: a compressed one is refused unread (no decoder
+        # errors, no decompression bombs).
+        raise UnsupportedMediaType("send the request body uncompressed (no Content-Encoding)")
     raw = await request.read()
     try:
         doc = orjson.loads(raw or b"{}")
@@ -66,6 +71,7 @@ async def json_body(
         raise InvalidInput(f"request body is not valid JSON ({exc.msg} at {exc.pos})") from None
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
+    check_depth(doc)
     if allowed is not None and (unknown := sorted(set(doc) - allowed)):
         raise InvalidInput(
             f"unknown field(s) {', '.join(map(repr, unknown))}; "

@@ -16,7 +16,13 @@ from kmsd.db import audit as audit_db
 from kmsd.db import store
 from kmsd.domain.access import ROOT
 from kmsd.domain.audit import ChainedRow
-from kmsd.domain.inputs import SM_MAX_VALUE_BYTES, check_value_size, parse_expiry, parse_int
+from kmsd.domain.inputs import (
+    SM_MAX_VALUE_BYTES,
+    check_value_size,
+    parse_expiry,
+    parse_int,
+    parse_time,
+)
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
 from kmsd.errors import InvalidInput, NotFound
@@ -267,15 +273,7 @@ def _audit_doc(row: ChainedRow) -> dict[str, Any]:
 
 
 def _time_param(raw: str | None, name: str) -> datetime | None:
-    if raw is None:
-        return None
-    try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an ISO 8601 time with a zone") from None
-    if when.tzinfo is None:
-        raise InvalidInput(f"{name} must be an ISO 8601 time with a zone")
-    return when
+    return None if raw is None else parse_time(raw, name)
 
 
 async def audit_verify(request: web.Request) -> web.Response:

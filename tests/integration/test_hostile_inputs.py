@@ -87,3 +87,42 @@ async def test_an_instance_slot_belongs_to_its_principal_even_when_stale(
     row = await db.fetchrow("SELECT principal, held::text AS held FROM adoption")
     assert row is not None
     assert (row["principal"], "v-fake" in row["held"]) == (api_arn, False)
+
+
+async def test_bodies_that_once_answered_500_are_refused(api: Api, db: asyncpg.Connection) -> None:
+    await api.ok("PUT", f"/v1/nodes/{PATH}?parents=true")
+    before = await snapshot(db)
+    deep = b"[" * 300 + b"]" * 300
+    cases = [
+        # a compressed body is refused unread (no decoder errors, no decompression bombs)
+        ({"Content-Encoding": "gzip"}, b"garbage!", 415),
+        ({"Content-Encoding": "deflate"}, b"garbage!", 415),
+        # nested past what any secret needs (the encoder would give up at 255 levels)
+        ({}, b'{"kind": "json", "value": {"a": ' + deep + b"}}", 400),
+    ]
+    for extra, data, status in cases:
+        headers = {
+            **api.headers,
+            **extra,
+            "Content-Type": "application/json",
+            "Connection": "close",
+        }
+        async with api.client.put(f"/v1/secrets/{PATH}/db", data=data, headers=headers) as resp:
+            assert resp.status == status, (extra, await resp.text())
+            assert resp.content_type == "application/problem+json"
+    assert await snapshot(db) == before
+
+
+async def test_audit_filters_at_the_edges_of_time_are_refused(api: Api) -> None:
+    for query in ("since=0001-01-01T00:00:00%2B14:00", "until=9999-12-31T23:59:59-14:00"):
+        status, problem = await api.call("GET", f"/v1/audit?{query}")
+        assert (status, problem["status"]) == (400, 400), query
+        assert "range" in problem["detail"]
+
+
+async def test_ids_and_limits_take_ascii_digits_only(api: Api) -> None:
+    status, _ = await api.call("GET", "/v1/rotations/\u0663")
+    assert status == 404
+    status, problem = await api.call("GET", "/v1/audit?limit=\uff15")
+    assert status == 400
+    assert "limit" in problem["detail"]

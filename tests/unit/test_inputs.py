@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kmsd.domain.inputs import parse_expiry, parse_id, parse_int
+from kmsd.domain.inputs import check_depth, parse_expiry, parse_id, parse_int, parse_time
 from kmsd.errors import InvalidInput
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -16,7 +16,7 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
     ("raw", "why"),
     [
         ("9999-12-31T23:59:59-14:00", "outside the range"),  # year 10000 in UTC
-        ("9999-12-31T23:59:59+00:00", "within 100 years"),
+        ("9999-12-31T23:59:59+00:00", "outside the range"),
         ("2128-01-01T00:00:00Z", "within 100 years"),
         ("2026-11-30T00:00:00Z", "in the future"),
         ("2026-12-01T00:00:00+00:00", "in the future"),
@@ -71,3 +71,27 @@ def test_integers_in_range() -> None:
 )
 def test_ids(raw: str, expected: int | None) -> None:
     assert parse_id(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00"]
+)
+def test_filter_times_at_the_edges_of_the_range_are_refused(raw: str) -> None:
+    with pytest.raises(InvalidInput, match="range"):
+        parse_time(raw, "since")
+
+
+def test_a_filter_time_comes_back_in_utc() -> None:
+    assert parse_time("2026-12-01T09:00:00+09:00", "since") == datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_json_deeper_than_the_limit_is_refused_without_recursion() -> None:
+    deep: object = "leaf"
+    for _ in range(100_000):  # far past any recursion limit
+        deep = [deep]
+    with pytest.raises(InvalidInput, match="deeper than 32"):
+        check_depth({"value": deep})
+    shallow: object = "leaf"
+    for _ in range(31):
+        shallow = {"k": shallow}
+    check_depth(shallow)

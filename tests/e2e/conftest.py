@@ -36,3 +36,13 @@ def replicas(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Replica, Rep
     finally:
         for r in (a, b):
             r.stop()
+
+
+@pytest.fixture
+def kmsd(env: dict[str, str], tmp_path: Path) -> Iterator[Replica]:
+    """One ``kmsd serve`` replica."""
+    replica = Replica(env, tmp_path)
+    try:
+        yield replica
+    finally:
+        replica.stop()

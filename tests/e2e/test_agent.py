@@ -37,15 +37,6 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def kmsd(env: dict[str, str], tmp_path: Path) -> Iterator[Replica]:
-    replica = Replica(env, tmp_path)
-    try:
-        yield replica
-    finally:
-        replica.stop()
-
-
-@pytest.fixture
 def ops(kmsd: Replica, admin: Identity, moto_endpoint: str) -> Ops:
     return Ops(kmsd, admin, moto_endpoint)
 

@@ -4,8 +4,6 @@ instance forgotten, and a waiting gate that tells the operator what to do."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,15 +14,6 @@ from tests.e2e.harness import DEADLINE_S, Ops, Replica, call, kmsctl, login, wai
 pytestmark = pytest.mark.e2e
 
 PATH = "prod/pay/eu"
-
-
-@pytest.fixture
-def kmsd(env: dict[str, str], tmp_path: Path) -> Iterator[Replica]:
-    replica = Replica(env, tmp_path)
-    try:
-        yield replica
-    finally:
-        replica.stop()
 
 
 def _report(kmsd: Replica, token: str, instance: str, held: dict[str, str]) -> None:

@@ -161,15 +161,6 @@ def test_a_server_that_misbehaves(
 # -- a real kmsd ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def kmsd(env: dict[str, str], tmp_path: Path) -> Iterator[Replica]:
-    replica = Replica(env, tmp_path)
-    try:
-        yield replica
-    finally:
-        replica.stop()
-
-
 def _shell_env(kmsd: Replica, admin: Identity, moto_endpoint: str) -> dict[str, str]:
     """What an operator's shell holds after ``. .kmsd-dev/env``, with kmsctl on PATH."""
     return {

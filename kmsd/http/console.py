@@ -27,7 +27,7 @@ from kmsd.db import sessions
 from kmsd.domain.access import decide
 from kmsd.domain.bearer import CONSOLE_PREFIX
 from kmsd.domain.signin import principal_from_arn
-from kmsd.errors import Unauthenticated
+from kmsd.errors import Forbidden, Unauthenticated
 from kmsd.http.access import authorize, caller_ip
 from kmsd.http.audit import audit_now
 from kmsd.http.common import CLIENT_IP, PRINCIPAL, json_response, principal
@@ -170,7 +170,8 @@ async def rotation_page(request: web.Request) -> web.Response:
 async def rotation_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the rotation's JSON each time it changes, until it is final."""
     rotation_id = _rotation_id(request)
-    await authorize(request, "view", await _secret_path(request, rotation_id))
+    path = await _secret_path(request, rotation_id)
+    await authorize(request, "view", path)
     await audit_now(request)  # the stream may stay open for the whole rotation
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
@@ -178,6 +179,13 @@ async def rotation_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     last = b""
     while True:
+        try:
+            # Access is decided again for every event (bindings are cached and invalidated by
+            # NOTIFY, so this costs no query): a viewer whose binding is revoked stops seeing.
+            await authorize(request, "view", path)
+        except Forbidden:
+            await response.write(b"event: end\ndata: access revoked\n\n")
+            break
         doc = await request.app[ROTATIONS].describe(rotation_id)
         body = orjson.dumps(doc)
         if body != last:

@@ -126,3 +126,26 @@ async def test_ids_and_limits_take_ascii_digits_only(api: Api) -> None:
     status, problem = await api.call("GET", "/v1/audit?limit=\uff15")
     assert status == 400
     assert "limit" in problem["detail"]
+
+
+async def test_an_open_event_stream_ends_when_the_viewers_access_is_revoked(
+    api: Api, reader_api: Api, reader: Identity, client: Any
+) -> None:
+    import asyncio
+
+    await api.ok("PUT", f"/v1/nodes/{PATH}?parents=true")
+    await api.put_json(f"{PATH}/db", {"password": "p"})
+    rot = await api.ok(
+        "POST", "/v1/rotations", json={"path": PATH, "name": "db", "value": {"password": "n"}}
+    )
+    grant = await api.grant(reader.arn, PATH, "view")
+    async with client.get(
+        f"/ui/rotations/{rot['id']}/events", headers=reader_api.headers
+    ) as stream:
+        assert stream.status == 200
+        first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 10)
+        assert first.startswith(b"data: ")
+        await api.ok("DELETE", f"/v1/bindings/{grant['id']}")
+        # The rotation is still pending (the stream would run on): it ends for lack of access.
+        rest = await asyncio.wait_for(stream.content.read(), 10)
+    assert rest.endswith(b"event: end\ndata: access revoked\n\n"), rest[-200:]

@@ -17,6 +17,7 @@ from kmsd.domain.audit import AuditEntry, outcome_of
 from kmsd.errors import Unavailable
 from kmsd.http.common import (
     AUDIT_CLAIMED,
+    AUDIT_DENIED,
     AUDIT_TARGET,
     AUDITED,
     CLIENT_IP,
@@ -96,7 +97,7 @@ def _entry(request: web.Request, status: int, outcome: str | None = None) -> Aud
         source_ip=request.get(CLIENT_IP, request.remote or ""),
         action=_action(request),
         target=_printable(target),
-        outcome=outcome or outcome_of(status),
+        outcome=outcome or ("denied" if request.get(AUDIT_DENIED) else outcome_of(status)),
         status=status,
     )
 

@@ -20,6 +20,8 @@ CLIENT_IP = web.RequestKey("client_ip", str)
 AUDITED = web.RequestKey("audited", bool)
 AUDIT_TARGET = web.RequestKey("audit_target", str)
 AUDIT_CLAIMED = web.RequestKey("audit_claimed", str)
+# Set when a refusal is answered 404 to hide what the caller may not see: audited as denied.
+AUDIT_DENIED = web.RequestKey("audit_denied", bool)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

@@ -16,9 +16,9 @@ from kmsd.domain import rotation as machine
 from kmsd.domain.access import ROOT
 from kmsd.domain.inputs import SM_MAX_VALUE_BYTES, check_value_size, parse_id, parse_int
 from kmsd.domain.names import NodePath, check_segment
-from kmsd.errors import InvalidInput, NotFound
+from kmsd.errors import Forbidden, InvalidInput, NotFound
 from kmsd.http.access import authorize
-from kmsd.http.common import AUDIT_TARGET, flag, json_body, json_response
+from kmsd.http.common import AUDIT_DENIED, AUDIT_TARGET, flag, json_body, json_response
 from kmsd.keys import POOL, ROTATIONS, SETTINGS
 from kmsd.services import rotation as rotations
 from kmsd.services import webhooks
@@ -47,6 +47,12 @@ async def _secret_path(request: web.Request, rotation_id: int) -> str:
         raise NotFound(f"rotation {rotation_id} does not exist")
     # The secret's ref first, so `audit list --path` finds the rotation's calls.
     request[AUDIT_TARGET] = f"{row['path']}/{row['name']} rotation {rotation_id}"
+    try:
+        # Who may not even read the application learns nothing, not even that the id exists.
+        await authorize(request, "read", str(row["path"]))
+    except Forbidden:
+        request[AUDIT_DENIED] = True
+        raise NotFound(f"rotation {rotation_id} does not exist") from None
     return str(row["path"])
 
 

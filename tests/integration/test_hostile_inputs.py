@@ -3,6 +3,7 @@ right status, leaving nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -131,8 +132,6 @@ async def test_ids_and_limits_take_ascii_digits_only(api: Api) -> None:
 async def test_an_open_event_stream_ends_when_the_viewers_access_is_revoked(
     api: Api, reader_api: Api, reader: Identity, client: Any
 ) -> None:
-    import asyncio
-
     await api.ok("PUT", f"/v1/nodes/{PATH}?parents=true")
     await api.put_json(f"{PATH}/db", {"password": "p"})
     rot = await api.ok(
@@ -149,3 +148,39 @@ async def test_an_open_event_stream_ends_when_the_viewers_access_is_revoked(
         # The rotation is still pending (the stream would run on): it ends for lack of access.
         rest = await asyncio.wait_for(stream.content.read(), 10)
     assert rest.endswith(b"event: end\ndata: access revoked\n\n"), rest[-200:]
+
+
+async def test_a_rotation_of_an_application_one_cannot_see_is_not_found(
+    api: Api, reader_api: Api, reader: Identity, db: asyncpg.Connection
+) -> None:
+    await api.ok("PUT", f"/v1/nodes/{PATH}?parents=true")
+    await api.ok("PUT", "/v1/nodes/prod/other?parents=true")
+    await api.put_json(f"{PATH}/db", {"password": "p"})
+    rot = await api.ok(
+        "POST", "/v1/rotations", json={"path": PATH, "name": "db", "value": {"password": "n"}}
+    )
+    await api.grant(reader.arn, "prod/other", "view")  # signed in, but nothing on prod/pay
+    missing = await reader_api.call("GET", "/v1/rotations/999999")
+    hidden = await reader_api.call("GET", f"/v1/rotations/{rot['id']}")
+    assert (missing[0], hidden[0]) == (404, 404)
+    assert hidden[1]["detail"] == f"rotation {rot['id']} does not exist"
+    status, _ = await reader_api.call("POST", f"/v1/rotations/{rot['id']}/advance")
+    assert status == 404
+    # The trail still says what happened: denied, with the real target.
+    row = await db.fetchrow(
+        "SELECT outcome, status, target FROM audit_log WHERE action = 'rotation.read'"
+        " ORDER BY seq DESC LIMIT 1"
+    )
+    assert row is not None
+    assert (row["outcome"], row["status"]) == ("denied", 404)
+    assert row["target"] == f"{PATH}/db rotation {rot['id']}"
+    # With read on the application, the refusal of what it may not do is a plain 403.
+    await api.grant(reader.arn, PATH, "read")
+
+    async with asyncio.timeout(10):  # the bindings cache learns of the grant by NOTIFY
+        while True:
+            status = (await reader_api.call("GET", f"/v1/rotations/{rot['id']}"))[0]
+            if status != 404:
+                break
+            await asyncio.sleep(0.02)
+    assert status == 403

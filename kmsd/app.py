@@ -29,6 +29,7 @@ from kmsd.hub import adoption as adoption_db
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
+from kmsd.hub.quota import PollQuota
 from kmsd.keys import (
     ADOPTION,
     AUDIT,
@@ -38,6 +39,7 @@ from kmsd.keys import (
     HUB,
     KMS,
     METRICS,
+    POLL_QUOTA,
     POOL,
     PROFILE,
     ROTATIONS,
@@ -223,6 +225,7 @@ def create_app(
     app[METRICS] = Metrics()
     app[CLOCK] = clock or SystemClock()
     app[SESSIONS] = SessionCache()
+    app[POLL_QUOTA] = PollQuota(settings.watch_max_per_token)
     app[PROFILE] = load_profile(settings.security_profile)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_aws)

@@ -25,6 +25,8 @@ DEFAULT_RECOVERY_WINDOW_DAYS = 7
 DEFAULT_WATCH_HOLD_S = 90
 MAX_WATCH_HOLD_S = 180
 DEFAULT_ADOPTION_FLUSH_S = 1.0
+# Held polls per session token and replica: an agent holds one per path it serves.
+DEFAULT_WATCH_MAX_PER_TOKEN = 256
 # Signed sign-in requests older (or newer) than this are refused, as Vault does.
 DEFAULT_LOGIN_MAX_SKEW_S = 15 * 60
 # AWS calls: a write must fail well inside a typical 60 s proxy timeout, so one call, with
@@ -64,6 +66,7 @@ class Settings:
     watch_default_hold_s: int = DEFAULT_WATCH_HOLD_S
     watch_max_hold_s: int = MAX_WATCH_HOLD_S
     adoption_flush_s: float = DEFAULT_ADOPTION_FLUSH_S
+    watch_max_per_token: int = DEFAULT_WATCH_MAX_PER_TOKEN
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     trusted_proxies: tuple[IpNetwork, ...] = ()
     allowed_cidrs: tuple[IpNetwork, ...] = ()
@@ -127,6 +130,10 @@ class Settings:
             ),
             watch_max_hold_s=_int(
                 env.get("KMSD_WATCH_MAX_HOLD", str(MAX_WATCH_HOLD_S)), "KMSD_WATCH_MAX_HOLD"
+            ),
+            watch_max_per_token=_int(
+                env.get("KMSD_WATCH_MAX_PER_TOKEN", str(DEFAULT_WATCH_MAX_PER_TOKEN)),
+                "KMSD_WATCH_MAX_PER_TOKEN",
             ),
             replica_id=env.get("KMSD_REPLICA_ID") or f"{socket.gethostname()}:{os.getpid()}",
             trusted_proxies=_cidrs(env.get("KMSD_TRUSTED_PROXIES", ""), "KMSD_TRUSTED_PROXIES"),

@@ -89,6 +89,19 @@ class UnsupportedMediaType(KmsError):
     http_status = 415
 
 
+class TooManyRequests(KmsError):
+    code = "too-many-requests"
+    title = "Too many requests"
+    http_status = 429
+
+    def __init__(self, detail: str, *, retry_after: int | None = None, **extra: Any) -> None:
+        if retry_after is None:
+            super().__init__(detail, **extra)
+        else:
+            super().__init__(detail, retry_after=retry_after, **extra)
+        self.headers = {"Retry-After": str(retry_after or 5)}
+
+
 class UpstreamError(KmsError):
     """AWS (SM, KMS, STS) refused or failed; nothing was recorded on our side."""
 

@@ -16,6 +16,7 @@ from kmsd.domain.profile import Profile
 from kmsd.hub.adoption import AdoptionBuffer
 from kmsd.hub.hub import Hub
 from kmsd.hub.listener import Waker
+from kmsd.hub.quota import PollQuota
 from kmsd.metrics import Metrics
 from kmsd.services.rotation import Rotations
 from kmsd.services.scheduler import Scheduler
@@ -28,6 +29,7 @@ METRICS = web.AppKey("metrics", Metrics)
 CLOCK = web.AppKey("clock", Clock)
 HUB = web.AppKey("hub", Hub)
 WAKER = web.AppKey("waker", Waker)
+POLL_QUOTA = web.AppKey("poll_quota", PollQuota)
 ADOPTION = web.AppKey("adoption", AdoptionBuffer)
 SESSIONS = web.AppKey("sessions", SessionCache)
 AUDIT = web.AppKey("audit", AuditWriter)

@@ -18,6 +18,7 @@ from kmsd.http.common import (
     AUDIT_CLAIMED,
     CLIENT_IP,
     PRINCIPAL,
+    TOKEN_KEY,
     check_query,
     json_body,
     json_response,
@@ -120,4 +121,5 @@ async def authenticate(request: web.Request) -> None:
         )
     who = session.principal
     request[PRINCIPAL] = who
+    request[TOKEN_KEY] = sessions.token_hash(token)
     structlog.contextvars.bind_contextvars(principal=who.arn)

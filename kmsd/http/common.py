@@ -22,6 +22,8 @@ AUDIT_TARGET = web.RequestKey("audit_target", str)
 AUDIT_CLAIMED = web.RequestKey("audit_claimed", str)
 # Set when a refusal is answered 404 to hide what the caller may not see: audited as denied.
 AUDIT_DENIED = web.RequestKey("audit_denied", bool)
+# The SHA-256 of the caller's session token (never the token): what per-token limits count.
+TOKEN_KEY = web.RequestKey("token_key", bytes)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

@@ -237,7 +237,7 @@ def _paths() -> dict[str, dict[str, Schema]]:
             body="WatchRequest",
             ok={"200": _json(ref("EffectiveSet"), "the path moved: its new effective set"),
                 "304": {"description": "the hold ended and the path did not move"}},
-            errors=(404,),
+            errors=(404, 429, 503),
         )},
         "/v1/adoption/{path}": {
             "get": _op(

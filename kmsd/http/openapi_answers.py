@@ -19,6 +19,7 @@ from kmsd.errors import (
     KmsError,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
@@ -416,7 +417,7 @@ PROBLEMS: dict[int, tuple[type[KmsError] | None, str]] = {
     409: (Conflict, "the change conflicts with the current state (detail says which)"),
     413: (PayloadTooLarge, "the body or value is over the limit"),
     415: (UnsupportedMediaType, "send the body as application/json"),
-    429: (None, "too many requests: retry after Retry-After"),
+    429: (TooManyRequests, "too many polls held by this token: retry after Retry-After"),
     502: (UpstreamError, "AWS (SM, KMS or STS) refused or failed; nothing was recorded"),
     503: (Unavailable, "the audit trail cannot be written (fail closed) or the replica stops"),
 }

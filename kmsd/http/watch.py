@@ -13,11 +13,18 @@ from kmsd.domain.watch import WATCH_FIELDS, check_instance_id, parse_timeout, pa
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.audit import audit_now
-from kmsd.http.common import AUDIT_TARGET, CLIENT_IP, json_body, json_response, principal
+from kmsd.http.common import (
+    AUDIT_TARGET,
+    CLIENT_IP,
+    TOKEN_KEY,
+    json_body,
+    json_response,
+    principal,
+)
 from kmsd.hub.adoption import FORGET, ROWS_OF_PATH, Report
 from kmsd.hub.hub import TIMEOUT, Snapshot
 from kmsd.hub.index import Waiter
-from kmsd.keys import ADOPTION, CLOCK, HUB, POOL, SETTINGS
+from kmsd.keys import ADOPTION, CLOCK, HUB, POLL_QUOTA, POOL, SETTINGS
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
@@ -50,14 +57,15 @@ async def watch(request: web.Request) -> web.StreamResponse:
             role=req.role,
         )
     )
-    parked = await hub.park(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)
-    if isinstance(parked, Waiter):
-        try:
-            outcome = await parked.handle
-        finally:
-            hub.release(parked)
-    else:
-        outcome = parked
+    with request.app[POLL_QUOTA].hold(request[TOKEN_KEY]):
+        parked = await hub.park(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)
+        if isinstance(parked, Waiter):
+            try:
+                outcome = await parked.handle
+            finally:
+                hub.release(parked)
+        else:
+            outcome = parked
     if outcome is TIMEOUT:
         return web.Response(status=304)
     if not isinstance(outcome, Snapshot):

@@ -184,3 +184,31 @@ async def test_a_rotation_of_an_application_one_cannot_see_is_not_found(
                 break
             await asyncio.sleep(0.02)
     assert status == 403
+
+
+async def test_one_token_cannot_hold_more_polls_than_its_quota(
+    make_client: Any, admin: Identity, moto_endpoint: str
+) -> None:
+    from kmsd.keys import HUB
+    from tests.integration.conftest import eventually, sign_in
+
+    client = await make_client(watch_max_per_token=2)
+    api = await sign_in(client, admin, moto_endpoint)
+    other = await sign_in(client, admin, moto_endpoint)  # the same principal, its own token
+    await api.ok("PUT", f"/v1/nodes/{PATH}?parents=true")
+    version = (await api.effective(PATH))["path_version"]
+    body = {"path": PATH, "path_version": version, "instance_id": "i-1"}
+    held = [
+        asyncio.create_task(api.call("POST", "/v1/watch?timeout=30", json=body)) for _ in range(2)
+    ]
+    await eventually(lambda: client.app[HUB].held == 2)
+    status, problem = await api.call("POST", "/v1/watch?timeout=30", json=body)
+    assert (status, problem["status"]) == (429, 429)
+    assert problem["retry_after"] == 5
+    # Another token is not affected, and a change answers the held ones, freeing the quota.
+    third = asyncio.create_task(other.call("POST", "/v1/watch?timeout=30", json=body))
+    await eventually(lambda: client.app[HUB].held == 3)
+    await api.put_json(f"{PATH}/db", {"password": "p"})
+    assert [s for s, _ in await asyncio.gather(*held, third)] == [200, 200, 200]
+    status, _ = await api.call("POST", "/v1/watch?timeout=0", json=body)
+    assert status == 200

@@ -28,6 +28,7 @@ EXPECTED_STATUS = {
     "Conflict": 409,
     "PayloadTooLarge": 413,
     "UnsupportedMediaType": 415,
+    "TooManyRequests": 429,
     "UpstreamError": 502,
     "Unavailable": 503,
     "ShuttingDown": 503,

@@ -1,1 +1,1 @@
-"""kmsagent: the per-host agent that fetches secret values straight from AWS (see issue 6)."""
+"""kmsagent: the per-host agent that fetches secret values straight from AWS (docs/agent.md)."""

@@ -1,4 +1,4 @@
--- Trust under faults: an order among writes, a fenced leader, observers apart.
+-- Writes kept in order, a fenced scheduler leader, observers apart from serving instances.
 
 -- Every write of a secret (an outbox intent) and every rotation step that moves its current
 -- version draws from one sequence. ``secrets.current_seq`` is the number of the write or step

@@ -1,4 +1,4 @@
-"""Trust under faults, through the real PostgreSQL and moto: writes resolved late never override
+"""Faults, through the real PostgreSQL and moto: writes resolved late never override
 an acknowledged one, labels repaired toward PostgreSQL, fenced leadership, observers apart."""
 
 from __future__ import annotations

@@ -83,10 +83,9 @@ class SessionCache:
 
 
 async def lookup(
-    pool: asyncpg.Pool, token: str, cache: SessionCache, now: datetime
+    pool: asyncpg.Pool, key: bytes, cache: SessionCache, now: datetime
 ) -> Session | None:
-    """Resolve a bearer token to its session (cache first, then PostgreSQL)."""
-    key = token_hash(token)
+    """Resolve a bearer token, by its ``token_hash``, to its session (cache, then PostgreSQL)."""
     session = cache.get(key, now)
     if session is not None:
         return session

@@ -28,9 +28,6 @@ from kmsd.errors import Forbidden, InvalidInput, NotFound
 from kmsd.http.common import AUDIT_TARGET, CLIENT_IP, json_body, json_response, principal
 from kmsd.keys import BINDINGS, POOL, SETTINGS
 
-# Binding ids are PostgreSQL bigint identities (1 .. 2**63 - 1).
-MAX_BIGINT = 2**63 - 1
-
 
 def resolve_client_address(request: web.Request) -> str:
     """Resolve and remember the caller's address (X-Forwarded-For only from trusted proxies)."""

@@ -110,8 +110,9 @@ async def authenticate(request: web.Request) -> None:
         token = parse_bearer(header)
     # The token checked is the token looked up: no second reading of the header.
     check_kind(token, console_route=console_route)
+    key = sessions.token_hash(token)  # hashed once: the lookup and per-token limits use it
     session = await sessions.lookup(
-        request.app[POOL], token, request.app[SESSIONS], request.app[CLOCK].now()
+        request.app[POOL], key, request.app[SESSIONS], request.app[CLOCK].now()
     )
     if session is None:
         raise Unauthenticated("the bearer token is unknown or expired; sign in again")
@@ -121,5 +122,5 @@ async def authenticate(request: web.Request) -> None:
         )
     who = session.principal
     request[PRINCIPAL] = who
-    request[TOKEN_KEY] = sessions.token_hash(token)
+    request[TOKEN_KEY] = key
     structlog.contextvars.bind_contextvars(principal=who.arn)

@@ -39,7 +39,6 @@ SELECT id, seq, op, sm_name, version_id, intent::text AS intent FROM sm_outbox
 WHERE created_at < now() - $1::interval AND NOT (op = 'put' AND attempts >= $2)
 ORDER BY id LIMIT 100
 """
-_FAILED = "UPDATE sm_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
 QUARANTINED = "SELECT count(*) FROM sm_outbox WHERE op = 'put' AND attempts >= $1"
 _RECORDED = "SELECT id, current_seq FROM secrets WHERE sm_name = $1 FOR UPDATE"
 _SUPERSEDED = """
@@ -88,7 +87,7 @@ async def reconcile(pool: asyncpg.Pool, sm: SecretsWriter, min_age: timedelta) -
 
 async def _note_failure(pool: asyncpg.Pool, row_id: int, error: str) -> None:
     try:
-        await pool.execute(_FAILED, row_id, error)
+        await pool.execute(writes.OUTBOX_FAILED, row_id, error)
     except DB_LOST as exc:
         log.warning("reconcile_failure_not_noted", outbox_id=row_id, error=type(exc).__name__)
 

@@ -85,7 +85,7 @@ SELECT EXISTS (SELECT 1 FROM sm_outbox WHERE id = $1)
    AND NOT EXISTS (SELECT 1 FROM secrets WHERE sm_name = $2)
 """
 PUT_IN_DOUBT = "SELECT 1 FROM sm_outbox WHERE op = 'put' AND sm_name = $1 LIMIT 1"
-_OUTBOX_FAILED = "UPDATE sm_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
+OUTBOX_FAILED = "UPDATE sm_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +400,7 @@ async def apply_delete(pool: asyncpg.Pool, sm: SecretsWriter, row_id: int, sm_na
             try:
                 await sm.delete(sm_name)
             except KmsError as exc:
-                await conn.execute(_OUTBOX_FAILED, row_id, exc.detail)
+                await conn.execute(OUTBOX_FAILED, row_id, exc.detail)
                 log.warning("sm_delete_deferred", sm_name=sm_name, error=exc.code)
                 return
             await conn.execute(store.DELETE_OUTBOX, row_id)

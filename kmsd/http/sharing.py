@@ -13,7 +13,7 @@ from aiohttp import web
 from kmsd.db import Conn, store
 from kmsd.db.changes import record_change
 from kmsd.domain.names import NodePath, check_segment
-from kmsd.errors import Conflict, Forbidden, InvalidInput, NotFound
+from kmsd.errors import Conflict, InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.common import AUDIT_TARGET, flag, json_body, json_response
 from kmsd.keys import POOL
@@ -22,7 +22,11 @@ INSERT_SHARE = """
 INSERT INTO shares (secret_id, app_path, created_by) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING
 """
-IS_SHARED = "SELECT 1 FROM shares WHERE secret_id = $1 AND app_path = $2"
+SHARED_WITH = """
+SELECT s.id FROM secrets s JOIN nodes n ON n.id = s.node_id
+JOIN shares sh ON sh.secret_id = s.id AND sh.app_path = $3
+WHERE n.path = $1 AND s.name = $2
+"""
 REFS_FROM_APP = """
 SELECT r.id, n.id AS node_id, n.path FROM refs r JOIN nodes n ON n.id = r.node_id
 WHERE r.secret_id = $1 AND (n.path = $2 OR n.path LIKE $3)
@@ -106,11 +110,15 @@ async def put_ref(request: web.Request) -> web.Response:
         node = await store.get_node(conn, path, for_update=True)
         if node["depth"] < 2:
             raise InvalidInput("references attach to an application or a node below it")
-        _, secret_id = await _secret_row(conn, target_path, target_name)
-        if not await conn.fetchval(IS_SHARED, secret_id, str(path.application)):
-            raise Forbidden(
-                f"{target_path}/{target_name} is not shared with {str(path.application)!r}; "
-                "its owner must share it first"
+        # To this caller, a secret of another application that is not shared with its own is
+        # exactly a secret that does not exist: one answer, so no existence oracle.
+        secret_id = await conn.fetchval(
+            SHARED_WITH, str(target_path), target_name, str(path.application)
+        )
+        if secret_id is None:
+            raise NotFound(
+                f"no secret {target_path}/{target_name} is shared with "
+                f"{str(path.application)!r} (its owner shares it with: kmsctl share)"
             )
         if await store.get_secret(conn, node["id"], local) is not None:
             raise Conflict(f"{str(path)!r} already has a secret named {local!r}")

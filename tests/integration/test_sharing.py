@@ -62,8 +62,16 @@ async def test_unshared_secrets_cannot_be_referenced(api: Api, db: asyncpg.Conne
     status, problem = await api.call(
         "PUT", "/v1/refs/prod/b/private", json={"target": "prod/a/private"}
     )
-    assert status == 403
-    assert "not shared" in problem["detail"]
+    assert status == 404
+    assert "is shared with" in problem["detail"]
+    assert await snapshot(db) == before
+    # A secret that does not exist gets the very same answer, so a caller who cannot see
+    # prod/a learns nothing about what lives there.
+    missing_status, missing = await api.call(
+        "PUT", "/v1/refs/prod/b/private", json={"target": "prod/a/no-such-secret"}
+    )
+    assert missing_status == 404
+    assert missing["detail"].replace("no-such-secret", "private") == problem["detail"]
     assert await snapshot(db) == before
     # A name taken by a local secret on the same node is refused too.
     await api.put_json("prod/b/taken", {"k": "x"})

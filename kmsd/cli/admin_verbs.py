@@ -1,4 +1,4 @@
-"""kmsctl verbs for people who run kmsd: whoami, access, app bind, iam-policy, audit."""
+"""kmsctl verbs for people who run kmsd: whoami, access, app bind, iam-policy, audit, outbox."""
 
 from __future__ import annotations
 
@@ -171,3 +171,71 @@ def add_audit_verbs(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_audit_list)
     p = read_verb(asub.add_parser("verify", help="walk the hash chain, name the first bad row"))
     p.set_defaults(func=cmd_audit_verify)
+
+
+def cmd_outbox_list(c: Client, args: argparse.Namespace) -> None:
+    query = "?quarantined=true" if args.quarantined else ""
+    doc = c.call("GET", f"/v1/outbox{query}")
+
+    def text(d: dict[str, Any]) -> None:
+        if not d["writes"]:
+            print("no write in doubt" if not args.quarantined else "no quarantined write")
+            return
+        print_table(
+            [
+                (
+                    str(w["id"]),
+                    w["op"],
+                    f"{w['path']}/{w['name']}" if w["path"] else w["sm_name"],
+                    w["version_id"] or "-",
+                    w["created_at"],
+                    str(w["attempts"]),
+                    w["last_error"] or "-",
+                    "quarantined" if w["quarantined"] else "in doubt",
+                )
+                for w in d["writes"]
+            ],
+            ("ID", "OP", "SECRET", "VERSION", "SINCE", "ATTEMPTS", "LAST ERROR", "STATE"),
+        )
+        if any(w["quarantined"] for w in d["writes"]):
+            print(
+                f"\nquarantined: failed {d['quarantine_after']} reconcile passes; check the secret "
+                "in SM, then: kmsctl outbox retry ID, or kmsctl outbox discard ID"
+            )
+
+    emit(args, doc, text)
+
+
+def cmd_outbox_retry(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("POST", f"/v1/outbox/{args.id}/retry")
+    emit(args, doc, lambda d: print(f"write {d['id']} is back with the reconciler"))
+
+
+def cmd_outbox_discard(c: Client, args: argparse.Namespace) -> None:
+    doc = c.call("DELETE", f"/v1/outbox/{args.id}")
+    emit(
+        args,
+        doc,
+        lambda d: print(f"write {d['id']} discarded: its version never becomes current"),
+    )
+
+
+def add_outbox_verbs(sub: Subparsers) -> None:
+    outbox = sub.add_parser("outbox", help="writes in doubt and the ones the reconciler gave up")
+    osub = outbox.add_subparsers(dest="verb", required=True)
+    p = read_verb(osub.add_parser("list", help="writes in doubt, oldest first"))
+    p.add_argument("--quarantined", action="store_true", help="only quarantined writes")
+    p.set_defaults(func=cmd_outbox_list)
+    for verb, func, text in (
+        ("retry", cmd_outbox_retry, "give a quarantined write back to the reconciler"),
+        ("discard", cmd_outbox_discard, "drop a quarantined write (it never becomes current)"),
+    ):
+        p = read_verb(osub.add_parser(verb, help=text))
+        p.add_argument("id", type=_outbox_id, help="the write's ID (kmsctl outbox list)")
+        p.set_defaults(func=func)
+
+
+def _outbox_id(text: str) -> str:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a write id: {text!r}")
+    return text

@@ -15,7 +15,13 @@ import sys
 from typing import Any
 from urllib.parse import urlencode
 
-from kmsd.cli.admin_verbs import add_access_verbs, add_audit_verbs, cmd_iam_policy, cmd_whoami
+from kmsd.cli.admin_verbs import (
+    add_access_verbs,
+    add_audit_verbs,
+    add_outbox_verbs,
+    cmd_iam_policy,
+    cmd_whoami,
+)
 from kmsd.cli.client import (
     Client,
     CliError,
@@ -308,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_verbs(sub)
     _add_secret_verbs(sub)
     add_audit_verbs(sub)
+    add_outbox_verbs(sub)
     _add_datakey_verbs(sub)
     _add_sharing_verbs(sub)
     add_access_verbs(sub)

@@ -60,6 +60,19 @@ def check_allowlist(request: web.Request) -> None:
         raise Forbidden(f"calls from {request[CLIENT_IP]} are not allowed (KMSD_ALLOWED_CIDRS)")
 
 
+async def may(request: web.Request, needed: str, path: str) -> bool:
+    """Whether the caller may do ``needed`` on ``path`` (for filtering; no refusal)."""
+    decision = decide(
+        principal(request).arn,
+        path,
+        needed,
+        ip=caller_ip(request),
+        bindings=await request.app[BINDINGS].all(),
+        admins=request.app[SETTINGS].admins,
+    )
+    return decision.allowed
+
+
 async def authorize(request: web.Request, needed: str, path: str) -> Principal:
     """Return the caller if it may do ``needed`` on ``path``; raise Forbidden otherwise."""
     who = principal(request)

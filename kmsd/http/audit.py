@@ -69,6 +69,9 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/ui/rotations/{id}/events"): "console.rotation_events",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
+    ("GET", "/v1/outbox"): "outbox.list",
+    ("POST", "/v1/outbox/{id}/retry"): "outbox.retry",
+    ("DELETE", "/v1/outbox/{id}"): "outbox.discard",
     ("GET", "/v1/openapi.json"): "openapi.read",
 }
 # Changes get a row before they run (fail closed before anything happens).

@@ -23,6 +23,15 @@ from aiohttp import web
 from kmsd import __version__
 from kmsd.domain.rotation import COMMANDS
 from kmsd.http.openapi_answers import ANSWERS, problem_responses
+from kmsd.http.openapi_ops import (
+    answer,
+    flag,
+    node_param,
+    operation,
+    param,
+    secret_param,
+    tail,
+)
 from kmsd.http.openapi_schemas import (
     APP_PATH,
     APPLICATION,
@@ -36,350 +45,294 @@ from kmsd.http.openapi_schemas import (
 
 OPENAPI_VERSION = "3.1.0"
 SCHEMAS: dict[str, Schema] = {**REQUEST_SCHEMAS, **ANSWERS}
-# Every call outside the public ones may be refused so (no token; no binding or outside the
-# allowlist; the audit trail cannot be written, so nothing is done).
-_GUARDED = (401, 403, 503)
-# A call that reads a JSON body may also get these.
-_BODY = (400, 413, 415)
-
-
-def _param(name: str, where: str, schema: Schema, text: str, *, required: bool = False) -> Schema:
-    out: Schema = {"name": name, "in": where, "schema": schema, "description": text}
-    if required or where == "path":
-        out["required"] = True
-    return out
-
-
-def _tail(name: str, pattern: str, text: str, example: str) -> Schema:
-    """A tail parameter; its example (a value with slashes) is also what the tests seed."""
-    schema = {"type": "string", "pattern": pattern, "examples": [example]}
-    text = f"{text}; spans slashes (sent plain or as %2F)"
-    return _param(name, "path", schema, text) | {"example": example}
-
-
-def _node(example: str) -> Schema:
-    return _tail("path", NODE_PATH, "a node path: namespace[/application[/child...]]", example)
-
-
-def _secret(example: str) -> Schema:
-    return _tail("ref", SECRET_REF, "PATH/NAME: a node path, then the secret's name", example)
-
-
-PATH = _node("prod/payments/us-east-1")
-APP = _tail(
+PATH = node_param("prod/payments/us-east-1")
+APP = tail(
     "path",
     APP_PATH,
     "an application or a node below it: namespace/application[/...]",
     "prod/payments/us-east-1",
 )
-WEBHOOK_APP = _tail("path", APPLICATION, "an application: namespace/application", "prod/payments")
-SECRET = _secret("prod/payments/db")
-LOCAL = _tail(
+WEBHOOK_APP = tail("path", APPLICATION, "an application: namespace/application", "prod/payments")
+SECRET = secret_param("prod/payments/db")
+LOCAL = tail(
     "ref",
     SECRET_REF,
     "PATH/LOCAL_NAME: a node path, then the reference's name",
     "prod/billing/payments-api-key",
 )
-ROTATION_ID = _param(
+OUTBOX_ID = param(
+    "id", "path", {"type": "string", "pattern": r"^\d{1,18}$"}, "the write's id in the outbox"
+) | {"example": "1"}
+ROTATION_ID = param(
     "id", "path", {"type": "string", "pattern": r"^\d{1,18}$"}, "the rotation's id"
 ) | {"example": "1"}
-
-
-def _flag(name: str, text: str) -> Schema:
-    return _param(name, "query", {"type": "boolean", "default": False}, text)
-
-
-def _json(schema: Schema, text: str) -> Schema:
-    return {"description": text, "content": {"application/json": {"schema": schema}}}
-
-
-def _op(
-    op_id: str,
-    tag: str,
-    summary: str,
-    *,
-    ok: dict[str, Schema],
-    needs: str | None = None,
-    params: tuple[Schema, ...] = (),
-    body: str | None = None,
-    body_required: bool = True,
-    errors: tuple[int, ...] = (),
-    public: bool = False,
-) -> Schema:
-    """One operation: its answers, its refusals (problem+json) and who may call it."""
-    # 400 for every call: a query parameter holding NUL is refused before any handler runs.
-    statuses = {400} | set(errors) | (set() if public else set(_GUARDED))
-    statuses |= set(_BODY) if body else set()
-    if any(p["in"] == "path" for p in params):
-        statuses.add(404)  # also the router's answer to a value no route matches (a newline)
-    responses: dict[str, Any] = dict(ok)
-    for status in sorted(statuses):
-        responses[str(status)] = {"$ref": f"#/components/responses/{status}"}
-    op: Schema = {"operationId": op_id, "tags": [tag], "summary": summary}
-    if needs:
-        op["description"] = f"Needs the **{needs}** permission."
-        op["x-kmsd-permission"] = needs
-    if params:
-        op["parameters"] = list(params)
-    if body:
-        op["requestBody"] = {
-            "required": body_required,
-            "content": {"application/json": {"schema": ref(body)}},
-        }
-    op["responses"] = responses
-    if public:
-        op["security"] = []
-    return op
 
 
 def _paths() -> dict[str, dict[str, Schema]]:
     # fmt: off
     return {
-        "/v1/auth/aws/login": {"post": _op(
+        "/v1/auth/aws/login": {"post": operation(
             "login", "auth", "Sign in with a signed sts:GetCallerIdentity request",
-            ok={"200": _json(ref("Login"), "a bearer token for every other call")},
+            ok={"200": answer(ref("Login"), "a bearer token for every other call")},
             body="LoginRequest", errors=(401, 403, 502, 503), public=True,
         )},
-        "/v1/auth/whoami": {"get": _op(
+        "/v1/auth/whoami": {"get": operation(
             "whoami", "auth", "Your principal, address and bindings",
-            ok={"200": _json(ref("Whoami"), "who you are")},
+            ok={"200": answer(ref("Whoami"), "who you are")},
         )},
         "/v1/bindings": {
-            "get": _op(
+            "get": operation(
                 "list_bindings", "access", "Bindings at, above or under a prefix", needs="view",
-                params=(_param("path", "query",
+                params=(param("path", "query",
                                {"anyOf": [{"type": "string", "pattern": NODE_PATH},
                                           {"const": "*"}], "default": "*"},
                                "a path prefix, or '*' (the default) for every binding"),),
-                ok={"200": _json(ref("Bindings"), "the bindings")}, errors=(400,),
+                ok={"200": answer(ref("Bindings"), "the bindings")}, errors=(400,),
             ),
-            "post": _op(
+            "post": operation(
                 "grant", "access", "Bind a principal pattern to a prefix", needs="admin",
-                body="BindingRequest", ok={"201": _json(ref("Binding"), "the new binding")},
+                body="BindingRequest", ok={"201": answer(ref("Binding"), "the new binding")},
             ),
         },
-        "/v1/bindings/{id}": {"delete": _op(
+        "/v1/bindings/{id}": {"delete": operation(
             "revoke", "access", "Remove a binding", needs="admin",
-            params=(_param("id", "path", {"type": "integer"}, "the binding's id")
+            params=(param("id", "path", {"type": "integer"}, "the binding's id")
                     | {"example": 2},),
-            ok={"200": _json(ref("BindingRevoked"), "revoked")}, errors=(400, 404),
+            ok={"200": answer(ref("BindingRevoked"), "revoked")}, errors=(400, 404),
         )},
-        "/v1/nodes": {"get": _op(
+        "/v1/nodes": {"get": operation(
             "list_namespaces", "tree", "The namespaces", needs="view (everything)",
-            ok={"200": _json(ref("Namespaces"), "namespace paths")},
+            ok={"200": answer(ref("Namespaces"), "namespace paths")},
         )},
         "/v1/nodes/{path}": {
-            "put": _op(
+            "put": operation(
                 "create_node", "tree", "Create a node, or find it", needs="edit",
-                params=(PATH, _flag("parents", "create missing ancestors too (needs edit on "
+                params=(PATH, flag("parents", "create missing ancestors too (needs edit on "
                                                "the namespace)")),
-                ok={"201": _json(ref("NodeCreated"), "created"),
-                    "200": _json(ref("NodeCreated"), "it already existed")},
+                ok={"201": answer(ref("NodeCreated"), "created"),
+                    "200": answer(ref("NodeCreated"), "it already existed")},
                 errors=(400, 404),
             ),
-            "get": _op(
+            "get": operation(
                 "get_node", "tree", "A node: its children and its own secrets", needs="view",
-                params=(PATH,), ok={"200": _json(ref("Node"), "the node")}, errors=(400, 404),
+                params=(PATH,), ok={"200": answer(ref("Node"), "the node")}, errors=(400, 404),
             ),
-            "delete": _op(
+            "delete": operation(
                 "delete_node", "tree", "Delete a node (409 while it has children or secrets)",
                 needs="edit",
-                params=(_node("prod/payments/eu-west-1"),
-                        _flag("recursive", "delete the subtree and its secrets")),
-                ok={"200": _json(ref("NodeDeleted"), "deleted; SM keeps the secrets for the "
+                params=(node_param("prod/payments/eu-west-1"),
+                        flag("recursive", "delete the subtree and its secrets")),
+                ok={"200": answer(ref("NodeDeleted"), "deleted; SM keeps the secrets for the "
                                                      "recovery window")},
                 errors=(400, 404, 409, 502),
             ),
         },
         "/v1/secrets/{ref}": {
-            "put": _op(
+            "put": operation(
                 "put_secret", "secrets", "Write a secret's new value (to SM, never kept)",
                 needs="edit", params=(SECRET,), body="PutSecretRequest",
-                ok={"201": _json(ref("SecretWritten"), "a new secret"),
-                    "200": _json(ref("SecretWritten"), "a new version of an existing secret")},
+                ok={"201": answer(ref("SecretWritten"), "a new secret"),
+                    "200": answer(ref("SecretWritten"), "a new version of an existing secret")},
                 errors=(404, 409, 502),
             ),
-            "get": _op(
+            "get": operation(
                 "get_secret", "secrets", "A secret's metadata and versions (never its value)",
-                needs="view", params=(SECRET,), ok={"200": _json(ref("Secret"), "the secret")},
+                needs="view", params=(SECRET,), ok={"200": answer(ref("Secret"), "the secret")},
                 errors=(400, 404),
             ),
-            "delete": _op(
+            "delete": operation(
                 "delete_secret", "secrets", "Delete a secret (SM keeps it for the recovery window)",
-                needs="edit", params=(_secret("prod/payments/old-token"),),
-                ok={"200": _json(ref("SecretDeleted"), "deleted")}, errors=(400, 404, 409, 502),
+                needs="edit", params=(secret_param("prod/payments/old-token"),),
+                ok={"200": answer(ref("SecretDeleted"), "deleted")}, errors=(400, 404, 409, 502),
             ),
         },
-        "/v1/generate/{ref}": {"post": _op(
+        "/v1/generate/{ref}": {"post": operation(
             "generate_secret", "secrets", "Generate a key by the security profile", needs="edit",
-            params=(_secret("prod/payments/signing-key"),), body="GenerateRequest",
-            ok={"201": _json(ref("SecretGenerated"), "a new secret"),
-                "200": _json(ref("SecretGenerated"), "a new version of an existing secret")},
+            params=(secret_param("prod/payments/signing-key"),), body="GenerateRequest",
+            ok={"201": answer(ref("SecretGenerated"), "a new secret"),
+                "200": answer(ref("SecretGenerated"), "a new version of an existing secret")},
             errors=(404, 409, 502),
         )},
-        "/v1/datakeys/{ref}": {"post": _op(
+        "/v1/datakeys/{ref}": {"post": operation(
             "create_datakey", "secrets", "A KMS data key (ciphertext only), or the next period's",
-            needs="edit", params=(_secret("prod/payments/files"),), body="DataKeyRequest",
-            ok={"201": _json(ref("DataKeyWritten"), "a new data key secret"),
-                "200": _json(ref("DataKeyWritten"), "the next period's key")},
+            needs="edit", params=(secret_param("prod/payments/files"),), body="DataKeyRequest",
+            ok={"201": answer(ref("DataKeyWritten"), "a new data key secret"),
+                "200": answer(ref("DataKeyWritten"), "the next period's key")},
             errors=(404, 409, 502),
         )},
-        "/v1/effective/{path}": {"get": _op(
+        "/v1/effective/{path}": {"get": operation(
             "effective", "read", "The effective set of a path", needs="read", params=(APP,),
-            ok={"200": _json(ref("EffectiveSet"), "metadata and version ids, never values")},
+            ok={"200": answer(ref("EffectiveSet"), "metadata and version ids, never values")},
             errors=(400, 404),
         )},
-        "/v1/watch": {"post": _op(
+        "/v1/watch": {"post": operation(
             "watch", "read", "Long poll: answer when path_version moves", needs="read",
-            params=(_param("timeout", "query", {"type": "number", "minimum": 0},
+            params=(param("timeout", "query", {"type": "number", "minimum": 0},
                            "seconds to hold (0: a short poll); default and maximum are the "
                            "server's KMSD_WATCH_DEFAULT_HOLD and KMSD_WATCH_MAX_HOLD"),),
             body="WatchRequest",
-            ok={"200": _json(ref("EffectiveSet"), "the path moved: its new effective set"),
+            ok={"200": answer(ref("EffectiveSet"), "the path moved: its new effective set"),
                 "304": {"description": "the hold ended and the path did not move"}},
             errors=(404, 429, 503),
         )},
         "/v1/adoption/{path}": {
-            "get": _op(
+            "get": operation(
                 "adoption", "read", "Which instances hold which versions", needs="view",
-                params=(APP,), ok={"200": _json(ref("Adoption"), "instances and counts")},
+                params=(APP,), ok={"200": answer(ref("Adoption"), "instances and counts")},
                 errors=(400, 404),
             ),
-            "delete": _op(
+            "delete": operation(
                 "forget_instance", "read", "Forget an instance's reports at a path",
                 needs="rotate",
-                params=(APP, _param("instance", "query", {"type": "string", "pattern": INSTANCE_ID},
+                params=(APP, param("instance", "query", {"type": "string", "pattern": INSTANCE_ID},
                                     "the instance_id to forget", required=True)
                         | {"example": "i-0abc1234"}),
-                ok={"200": _json(ref("AdoptionForgotten"), "forgotten")}, errors=(400, 404),
+                ok={"200": answer(ref("AdoptionForgotten"), "forgotten")}, errors=(400, 404),
             ),
         },
-        "/v1/iam-policy/app/{path}": {"get": _op(
+        "/v1/iam-policy/app/{path}": {"get": operation(
             "iam_policy_app", "iam", "The IAM policy for an application's hosts", needs="view",
-            params=(APP, _param("source_cidr", "query",
+            params=(APP, param("source_cidr", "query",
                                 {"type": "array", "items": {"type": "string"}},
                                 "limit reads to these networks (aws:SourceIp); repeatable")),
-            ok={"200": _json(ref("IamPolicy"), "the policy")}, errors=(400, 404),
+            ok={"200": answer(ref("IamPolicy"), "the policy")}, errors=(400, 404),
         )},
-        "/v1/iam-policy/server": {"get": _op(
+        "/v1/iam-policy/server": {"get": operation(
             "iam_policy_server", "iam", "The IAM policy kmsd itself should run with",
-            needs="view (everything)", ok={"200": _json(ref("IamPolicy"), "the policy")},
+            needs="view (everything)", ok={"200": answer(ref("IamPolicy"), "the policy")},
             errors=(502,),
         )},
-        "/v1/audit": {"get": _op(
+        "/v1/audit": {"get": operation(
             "audit_list", "audit", "Audit rows, newest first",
             needs="view on path (admin without one)",
             params=(
-                _param("principal", "query", {"type": "string"}, "the caller's ARN"),
-                _param("path", "query", {"type": "string", "pattern": NODE_PATH},
+                param("principal", "query", {"type": "string"}, "the caller's ARN"),
+                param("path", "query", {"type": "string", "pattern": NODE_PATH},
                        "rows about this path and below") | {"example": "prod/payments"},
-                _param("action", "query", {"type": "string"}, "e.g. secret.put"),
-                _param("outcome", "query", {"type": "string"},
+                param("action", "query", {"type": "string"}, "e.g. secret.put"),
+                param("outcome", "query", {"type": "string"},
                        "allowed, denied, rejected, error or attempt"),
-                _param("since", "query", {"type": "string", "format": "date-time"},
+                param("since", "query", {"type": "string", "format": "date-time"},
                        "with a zone"),
-                _param("until", "query", {"type": "string", "format": "date-time"},
+                param("until", "query", {"type": "string", "format": "date-time"},
                        "with a zone"),
-                _param("limit", "query",
+                param("limit", "query",
                        {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
                        "at most this many rows"),
             ),
-            ok={"200": _json(ref("AuditRows"), "the rows")}, errors=(400,),
+            ok={"200": answer(ref("AuditRows"), "the rows")}, errors=(400,),
         )},
-        "/v1/audit/verify": {"post": _op(
+        "/v1/audit/verify": {"post": operation(
             "audit_verify", "audit", "Walk the hash chain", needs="admin",
-            ok={"200": _json(ref("AuditVerified"), "the first row that does not match, if any")},
+            ok={"200": answer(ref("AuditVerified"), "the first row that does not match, if any")},
         )},
-        "/v1/expiring": {"get": _op(
+        "/v1/outbox": {"get": operation(
+            "outbox_list", "audit", "Writes in doubt (the reconciler's queue), oldest first",
+            needs="view on each write's path (admin for deletions)",
+            params=(flag("quarantined", "only the writes the reconciler gave up on"),),
+            ok={"200": answer(ref("OutboxWrites"), "the writes the caller may view")},
+        )},
+        "/v1/outbox/{id}/retry": {"post": operation(
+            "outbox_retry", "audit", "Give a quarantined write back to the reconciler",
+            needs="admin", params=(OUTBOX_ID,),
+            ok={"200": answer(ref("OutboxRetried"), "the reconciler takes it up again")},
+            errors=(409,),
+        )},
+        "/v1/outbox/{id}": {"delete": operation(
+            "outbox_discard", "audit", "Drop a quarantined write: it never becomes current",
+            needs="admin", params=(OUTBOX_ID,),
+            ok={"200": answer(ref("OutboxDiscarded"), "dropped")}, errors=(409,),
+        )},
+        "/v1/expiring": {"get": operation(
             "expiring", "secrets", "Hand-made secrets expiring soon", needs="view (everything)",
-            params=(_param("days", "query",
+            params=(param("days", "query",
                            {"type": "integer", "minimum": 0, "maximum": 3650, "default": 30},
                            "the horizon"),),
-            ok={"200": _json(ref("Expiring"), "the secrets")}, errors=(400,),
+            ok={"200": answer(ref("Expiring"), "the secrets")}, errors=(400,),
         )},
         "/v1/shares": {
-            "post": _op(
+            "post": operation(
                 "share", "sharing", "Share a secret with another application",
                 needs="edit of the secret", body="ShareRequest",
-                ok={"201": _json(ref("Share"), "shared")}, errors=(404,),
+                ok={"201": answer(ref("Share"), "shared")}, errors=(404,),
             ),
-            "delete": _op(
+            "delete": operation(
                 "unshare", "sharing", "Stop sharing (409 while referenced)",
                 needs="edit of the secret",
                 params=(
-                    _param("secret", "query", {"type": "string", "pattern": SECRET_REF},
+                    param("secret", "query", {"type": "string", "pattern": SECRET_REF},
                            "PATH/NAME of the secret", required=True)
                     | {"example": "prod/payments/db"},
-                    _param("to", "query", {"type": "string", "pattern": APPLICATION},
+                    param("to", "query", {"type": "string", "pattern": APPLICATION},
                            "NAMESPACE/APP", required=True) | {"example": "prod/billing"},
-                    _flag("remove_refs", "remove that application's references too"),
+                    flag("remove_refs", "remove that application's references too"),
                 ),
-                ok={"200": _json(ref("Unshared"), "unshared")}, errors=(400, 404, 409),
+                ok={"200": answer(ref("Unshared"), "unshared")}, errors=(400, 404, 409),
             ),
         },
         "/v1/refs/{ref}": {
-            "put": _op(
+            "put": operation(
                 "put_ref", "sharing", "Reference a shared secret under a local name",
                 needs="edit", params=(LOCAL,), body="RefRequest",
-                ok={"201": _json(ref("Ref"), "the reference")}, errors=(403, 404, 409),
+                ok={"201": answer(ref("Ref"), "the reference")}, errors=(403, 404, 409),
             ),
-            "delete": _op(
+            "delete": operation(
                 "delete_ref", "sharing", "Remove a reference", needs="edit", params=(LOCAL,),
-                ok={"200": _json(ref("RefDeleted"), "removed")}, errors=(400, 404),
+                ok={"200": answer(ref("RefDeleted"), "removed")}, errors=(400, 404),
             ),
         },
         "/v1/rotations": {
-            "post": _op(
+            "post": operation(
                 "rotation_start", "rotations", "Start a rotation: the new value as pending",
                 needs="rotate", body="RotationStartRequest",
-                ok={"201": _json(ref("Rotation"), "the rotation")}, errors=(404, 409, 502),
+                ok={"201": answer(ref("Rotation"), "the rotation")}, errors=(404, 409, 502),
             ),
-            "get": _op(
+            "get": operation(
                 "rotation_list", "rotations", "Rotations, newest first",
                 needs="view on path (everything without one)",
                 params=(
-                    _param("path", "query", {"type": "string", "pattern": NODE_PATH},
+                    param("path", "query", {"type": "string", "pattern": NODE_PATH},
                            "rotations of secrets at this path and below"),
-                    _flag("active", "only rotations still in progress"),
-                    _param("limit", "query",
+                    flag("active", "only rotations still in progress"),
+                    param("limit", "query",
                            {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
                            "at most this many"),
                 ),
-                ok={"200": _json(ref("Rotations"), "the rotations")}, errors=(400,),
+                ok={"200": answer(ref("Rotations"), "the rotations")}, errors=(400,),
             ),
         },
-        "/v1/rotations/{id}": {"get": _op(
+        "/v1/rotations/{id}": {"get": operation(
             "rotation_describe", "rotations", "A rotation: gate progress, versions, history",
-            needs="view", params=(ROTATION_ID,), ok={"200": _json(ref("Rotation"), "it")},
+            needs="view", params=(ROTATION_ID,), ok={"200": answer(ref("Rotation"), "it")},
             errors=(404,),
         )},
-        "/v1/rotations/{id}/{verb}": {"post": _op(
+        "/v1/rotations/{id}/{verb}": {"post": operation(
             "rotation_command", "rotations", "An operator's command", needs="rotate",
-            params=(ROTATION_ID, _param("verb", "path", {"enum": list(COMMANDS)}, "the command")),
+            params=(ROTATION_ID, param("verb", "path", {"enum": list(COMMANDS)}, "the command")),
             body="RotationCommandRequest", body_required=False,
-            ok={"200": _json(ref("Rotation"), "the rotation after the command")},
+            ok={"200": answer(ref("Rotation"), "the rotation after the command")},
             errors=(404, 409, 502),
         )},
         "/v1/webhooks/{path}": {
-            "put": _op(
+            "put": operation(
                 "set_webhook", "rotations", "Set an application's rotation webhook",
                 needs="admin", params=(WEBHOOK_APP,), body="WebhookRequest",
-                ok={"201": _json(ref("Webhook"), "the hook and its HMAC key (shown once)")},
+                ok={"201": answer(ref("Webhook"), "the hook and its HMAC key (shown once)")},
             ),
-            "delete": _op(
+            "delete": operation(
                 "delete_webhook", "rotations", "Remove an application's webhook", needs="admin",
                 params=(PATH,), ok={"204": {"description": "removed"}}, errors=(400, 404),
             ),
         },
-        "/v1/console/links": {"post": _op(
+        "/v1/console/links": {"post": operation(
             "console_link", "console", "A one-time console sign-in link (two minutes)",
-            ok={"201": _json(ref("ConsoleLink"), "open path once, from the same address")},
+            ok={"201": answer(ref("ConsoleLink"), "open path once, from the same address")},
         )},
-        "/ui/login": {"get": _op(
+        "/ui/login": {"get": operation(
             "console_login", "console", "Trade a one-time code for a console session cookie",
             params=(
-                _param("code", "query", {"type": "string"}, "from POST /v1/console/links"),
-                _param("next", "query", {"type": "string"},
+                param("code", "query", {"type": "string"}, "from POST /v1/console/links"),
+                param("next", "query", {"type": "string"},
                        "a console page to go to (/ui/rotations[/ID]); anything else is ignored"),
             ),
             ok={"303": {
@@ -393,7 +346,7 @@ def _paths() -> dict[str, dict[str, Schema]]:
         "/ui/rotations/{id}": {"get": _console(
             "console_rotation", "A rotation's live dashboard", (ROTATION_ID,), (404,)
         )},
-        "/ui/rotations/{id}/events": {"get": _op(
+        "/ui/rotations/{id}/events": {"get": operation(
             "console_rotation_events", "console",
             "Server-sent events: the rotation's JSON each time it changes, until it is final",
             needs="view", params=(ROTATION_ID,),
@@ -401,16 +354,16 @@ def _paths() -> dict[str, dict[str, Schema]]:
                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
             errors=(404,),
         ) | _CONSOLE_SECURITY},
-        "/v1/openapi.json": {"get": _op(
+        "/v1/openapi.json": {"get": operation(
             "openapi", "meta", "This document", errors=(403,),
-            ok={"200": _json(ref("OpenApi"), "OpenAPI 3.1")}, public=True,
+            ok={"200": answer(ref("OpenApi"), "OpenAPI 3.1")}, public=True,
         )},
-        "/healthz": {"get": _op(
+        "/healthz": {"get": operation(
             "healthz", "meta", "Liveness: PostgreSQL answers, the audit writer and LISTEN run",
-            ok={"200": _json(ref("Health"), "healthy"), "503": _json(ref("Health"), "degraded")},
+            ok={"200": answer(ref("Health"), "healthy"), "503": answer(ref("Health"), "degraded")},
             public=True,
         )},
-        "/metrics": {"get": _op(
+        "/metrics": {"get": operation(
             "metrics", "meta", "Prometheus metrics",
             ok={"200": {"description": "Prometheus text format 0.0.4",
                         "content": {"text/plain": {"schema": {"type": "string"}}}}},
@@ -428,7 +381,7 @@ def _console(
     op_id: str, summary: str, params: tuple[Schema, ...] = (), errors: tuple[int, ...] = ()
 ) -> Schema:
     return (
-        _op(
+        operation(
             op_id,
             "console",
             summary,

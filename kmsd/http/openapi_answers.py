@@ -317,6 +317,32 @@ ANSWERS: dict[str, Schema] = {
         },
         ("ok", "checked", "first_broken_seq"),
     ),
+    "OutboxWrites": obj(
+        {
+            "writes": array(
+                obj(
+                    {
+                        "id": {"type": "integer"},
+                        "seq": {"type": "integer"},
+                        "op": {"enum": ["put", "delete"]},
+                        "path": {"type": ["string", "null"]},
+                        "name": {"type": ["string", "null"]},
+                        "sm_name": string(),
+                        "version_id": {"type": ["string", "null"]},
+                        "created_at": TIME,
+                        "attempts": {"type": "integer"},
+                        "last_error": {"type": ["string", "null"]},
+                        "quarantined": {"type": "boolean"},
+                    },
+                    ("id", "op", "sm_name", "attempts", "quarantined"),
+                )
+            ),
+            "quarantine_after": {"type": "integer"},
+        },
+        ("writes", "quarantine_after"),
+    ),
+    "OutboxRetried": obj({"id": {"type": "integer"}, "retried": {"const": True}}, ("id",)),
+    "OutboxDiscarded": obj({"id": {"type": "integer"}, "discarded": {"const": True}}, ("id",)),
     "Expiring": obj(
         {
             "days": {"type": "integer"},

@@ -31,6 +31,7 @@ from kmsd.http.access import authorize
 from kmsd.http.auth import login
 from kmsd.http.common import flag, json_body, json_response
 from kmsd.http.console import setup_console_routes
+from kmsd.http.outbox import setup_outbox_routes
 from kmsd.http.rotations import setup_rotation_routes
 from kmsd.http.sharing import setup_sharing_routes
 from kmsd.http.watch import adoption, forget_instance, watch
@@ -407,6 +408,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/audit/verify", audit_verify)
     app.router.add_get("/v1/expiring", expiring)
     setup_sharing_routes(app)
+    setup_outbox_routes(app)
     setup_rotation_routes(app)
     setup_console_routes(app)
     app.router.add_get("/healthz", healthz)

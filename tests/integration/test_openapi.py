@@ -22,6 +22,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from kmsd.http.openapi import build
+from kmsd.keys import POOL
 from tests.conftest import Identity, _fresh_database
 from tests.integration.conftest import Api, ClientFactory, login_body, sign_in, snapshot
 
@@ -323,6 +324,18 @@ async def test_answers_are_what_the_document_says(
     await call("GET", "/v1/auth/whoami", "/v1/auth/whoami")
     await call("DELETE", "/v1/bindings/{id}", f"/v1/bindings/{binding['id']}")
     await call("GET", "/v1/expiring", "/v1/expiring?days=400")
+    stuck = [  # two writes in doubt the reconciler gave up on
+        await own_api.client.app[POOL].fetchval(
+            "INSERT INTO sm_outbox (op, sm_name, version_id, intent, attempts, last_error)"
+            " VALUES ('put', 'kmsd/x', $1, $2::jsonb, 99, 'DataError') RETURNING id",
+            str(uuid.uuid4()),
+            '{"path": "prod/pay", "name": "db"}',
+        )
+        for _ in range(2)
+    ]
+    await call("GET", "/v1/outbox", "/v1/outbox?quarantined=true")
+    await call("POST", "/v1/outbox/{id}/retry", f"/v1/outbox/{stuck[0]}/retry")
+    await call("DELETE", "/v1/outbox/{id}", f"/v1/outbox/{stuck[1]}")
     await call("GET", "/v1/audit", f"/v1/audit?path={app}&limit=5")
     await call("POST", "/v1/audit/verify", "/v1/audit/verify")
     await call("DELETE", "/v1/refs/{ref}", "/v1/refs/prod/billing/pay-db")

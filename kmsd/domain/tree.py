@@ -133,7 +133,7 @@ def entry_document(entry: EffectiveEntry) -> dict[str, Any]:
         stages = OWNER_STAGES
     if secret.kind != "datakey":
         doc["versions"] = [
-            {"version_id": v.version_id, "stage": v.stage}
+            {"version_id": v.version_id, "stage": v.stage, "created_at": v.created_at.isoformat()}
             for v in usable_versions(secret.versions, stages)
         ]
         return doc

@@ -146,9 +146,9 @@ def test_entry_document_shape() -> None:
         "sm_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:kmsd/ns/app/db-AbCdEf",
         "expires_at": "2025-01-02T03:04:05+00:00",
         "versions": [
-            {"version_id": "c1", "stage": "current"},
-            {"version_id": "p1", "stage": "pending"},
-            {"version_id": "o1", "stage": "previous"},
+            {"version_id": "c1", "stage": "current", "created_at": T0.isoformat()},
+            {"version_id": "p1", "stage": "pending", "created_at": T0.isoformat()},
+            {"version_id": "o1", "stage": "previous", "created_at": T0.isoformat()},
         ],
     }
 

@@ -48,12 +48,14 @@ from kmsd.keys import (
     SETTINGS,
     SM,
     WAKER,
+    WEBHOOK_KEYS,
 )
 from kmsd.metrics import Metrics
 from kmsd.services import reconcile
 from kmsd.services.leadership import Leadership
 from kmsd.services.rotation import Rotations
 from kmsd.services.scheduler import Scheduler
+from kmsd.services.webhook_keys import WebhookKeys
 from kmsd.tasks import cancel_quietly, supervise
 
 log = structlog.get_logger(__name__)
@@ -90,6 +92,7 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
         aiohttp.ClientSession() as http,
     ):
         app[SM], app[KMS], app[HTTP] = sm, kms, http
+        app[WEBHOOK_KEYS] = WebhookKeys(kms, app[SETTINGS].webhook_mac_key)
         yield
 
 
@@ -178,6 +181,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         audit=app[AUDIT],
         replica=settings.replica_id,
         webhook_allowed=settings.webhook_allowed_cidrs,
+        webhook_keys=app[WEBHOOK_KEYS],
         metrics=app[METRICS],
     )
     app[ROTATIONS] = rotations

@@ -73,6 +73,9 @@ class Settings:
     # Webhooks never go to loopback or link-local addresses (kmsd itself, instance metadata)
     # unless they are inside these CIDRs.
     webhook_allowed_cidrs: tuple[IpNetwork, ...] = ()
+    # The KMS HMAC key (id, ARN or alias/...) webhook signing keys are derived with; without
+    # one, webhooks cannot be set (kmsd stores no key it could sign with).
+    webhook_mac_key: str | None = None
     bind_token_ip: bool = True
     security_profile: str | None = None  # path of a TOML profile; None: the shipped default
     rotation_lead_days: int = 14
@@ -141,6 +144,7 @@ class Settings:
             webhook_allowed_cidrs=_cidrs(
                 env.get("KMSD_WEBHOOK_ALLOWED_CIDRS", ""), "KMSD_WEBHOOK_ALLOWED_CIDRS"
             ),
+            webhook_mac_key=_kms_key(env.get("KMSD_WEBHOOK_MAC_KEY", ""), "KMSD_WEBHOOK_MAC_KEY"),
             bind_token_ip=_bool(env.get("KMSD_BIND_TOKEN_IP", "true"), "KMSD_BIND_TOKEN_IP"),
             security_profile=env.get("KMSD_SECURITY_PROFILE") or None,
             rotation_lead_days=_int(
@@ -218,6 +222,15 @@ def _cidrs(raw: str, name: str) -> tuple[IpNetwork, ...]:
         return parse_cidrs(c.strip() for c in raw.split(",") if c.strip())
     except InvalidInput as exc:
         raise ConfigError(f"{name}: {exc.detail}") from None
+
+
+def _kms_key(raw: str, name: str) -> str | None:
+    key = raw.strip()
+    if not key:
+        return None
+    if len(key) > 2048 or not key.isprintable() or " " in key:
+        raise ConfigError(f"{name} must be a KMS key id, key ARN or alias/NAME, got {raw[:80]!r}")
+    return key
 
 
 def _bool(raw: str, name: str) -> bool:

@@ -151,3 +151,15 @@ class FencedOut(Conflict):
 
     code = "fenced"
     title = "Not the leader"
+
+
+class WebhooksNotConfigured(Conflict):
+    """No KMS HMAC key is configured, so a hook cannot get a key kmsd could sign with.
+
+    409, not 503: nothing transient is wrong and no retry can succeed until an operator
+    changes kmsd's configuration (clients retry a 503); the request conflicts with how this
+    server is set up, and the problem names the missing setting.
+    """
+
+    code = "webhooks-not-configured"
+    title = "Webhooks are not configured"

@@ -20,6 +20,7 @@ from kmsd.hub.quota import PollQuota
 from kmsd.metrics import Metrics
 from kmsd.services.rotation import Rotations
 from kmsd.services.scheduler import Scheduler
+from kmsd.services.webhook_keys import WebhookKeys
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -38,3 +39,4 @@ PROFILE = web.AppKey("profile", Profile)
 KMS = web.AppKey("kms", object)  # the guarded aiobotocore KMS client (untyped)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 ROTATIONS = web.AppKey("rotations", Rotations)
+WEBHOOK_KEYS = web.AppKey("webhook_keys", WebhookKeys)

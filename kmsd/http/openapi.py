@@ -318,6 +318,8 @@ def _paths() -> dict[str, dict[str, Schema]]:
                 "set_webhook", "rotations", "Set an application's rotation webhook",
                 needs="admin", params=(WEBHOOK_APP,), body="WebhookRequest",
                 ok={"201": answer(ref("Webhook"), "the hook and its HMAC key (shown once)")},
+                # 409: no KMSD_WEBHOOK_MAC_KEY; 502: KMS did not derive the key.
+                errors=(409, 502),
             ),
             "delete": operation(
                 "delete_webhook", "rotations", "Remove an application's webhook", needs="admin",

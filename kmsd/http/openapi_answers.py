@@ -419,7 +419,11 @@ ANSWERS: dict[str, Schema] = {
     "Webhook": obj(
         {"app": string(), "url": string(), "hmac_key": string(), "signature_header": string()},
         ("app", "url", "hmac_key"),
-        description="hmac_key is shown once: the receiver verifies X-Kmsd-Signature with it",
+        description=(
+            "hmac_key is shown once: the receiver verifies X-Kmsd-Signature with it. kmsd does "
+            "not store it: it keeps a salt and derives the key again with KMS GenerateMac "
+            "(KMSD_WEBHOOK_MAC_KEY) for each delivery"
+        ),
     ),
     "ConsoleLink": obj({"path": string(), "expires_at": TIME}, ("path", "expires_at")),
     "Health": obj(

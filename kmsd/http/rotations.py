@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import secrets
 from typing import Any
 
 import orjson
@@ -19,11 +18,19 @@ from kmsd.domain.names import NodePath, check_segment
 from kmsd.errors import Forbidden, InvalidInput, NotFound
 from kmsd.http.access import authorize
 from kmsd.http.common import AUDIT_DENIED, AUDIT_TARGET, flag, json_body, json_response
-from kmsd.keys import POOL, ROTATIONS, SETTINGS
+from kmsd.keys import POOL, ROTATIONS, SETTINGS, WEBHOOK_KEYS
 from kmsd.services import rotation as rotations
 from kmsd.services import webhooks
 
 _DROP_UNDELIVERED = "DELETE FROM webhook_deliveries WHERE app_path = $1 AND delivered_at IS NULL"
+# The row keeps what derives the key (kmsd.services.webhook_keys), never the key; a hook set
+# again drops the stored key of a hook from before derived keys.
+_SET_WEBHOOK = """
+INSERT INTO webhooks (app_path, url, mac_key_id, mac_salt, created_by) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (app_path) DO UPDATE
+SET url = EXCLUDED.url, hmac_key = NULL, mac_key_id = EXCLUDED.mac_key_id,
+    mac_salt = EXCLUDED.mac_salt, created_by = EXCLUDED.created_by, created_at = now()
+"""
 START_FIELDS = frozenset(
     {"path", "name", "value", "value_b64", "generate", "mode", "gate_timeout", "leaked"}
 )
@@ -187,25 +194,19 @@ async def set_webhook(request: web.Request) -> web.Response:
     doc = await json_body(request, allowed={"url"})
     url = webhook_url(doc.get("url"))
     await webhooks.check_destination(url, request.app[SETTINGS].webhook_allowed_cidrs)
-    key = secrets.token_urlsafe(32)
-    # A new hook starts afresh: what was queued for the old one is not replayed to it.
-    await request.app[POOL].execute(_DROP_UNDELIVERED, str(app_path))
-    await request.app[POOL].execute(
-        """INSERT INTO webhooks (app_path, url, hmac_key, created_by) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (app_path) DO UPDATE
-           SET url = EXCLUDED.url, hmac_key = EXCLUDED.hmac_key,
-               created_by = EXCLUDED.created_by, created_at = now()""",
-        str(app_path),
-        url,
-        key,
-        who.arn,
-    )
-    # The key is shown once, to whoever set the hook: the receiver verifies with it.
+    # Derived with KMS before anything changes: a KMS failure leaves the old hook as it was.
+    new = await request.app[WEBHOOK_KEYS].create(str(app_path))
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        # A new hook starts afresh: what was queued for the old one is not replayed to it.
+        await conn.execute(_DROP_UNDELIVERED, str(app_path))
+        await conn.execute(_SET_WEBHOOK, str(app_path), url, new.key_id, new.salt, who.arn)
+    # The key is shown once, to whoever set the hook: the receiver verifies with it. kmsd keeps
+    # only the salt and the KMS key id, and derives the key again for each delivery.
     return json_response(
         {
             "app": str(app_path),
             "url": url,
-            "hmac_key": key,
+            "hmac_key": new.key,
             "signature_header": "X-Kmsd-Signature: sha256=<hex HMAC-SHA256 of the body>",
         },
         status=201,

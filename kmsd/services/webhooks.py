@@ -13,6 +13,9 @@ de-duplicate by ``X-Kmsd-Delivery`` as at-least-once delivery over HTTP requires
 Signature: ``X-Kmsd-Signature: sha256=HEX`` where HEX is HMAC-SHA256, keyed with the hook's
 key, of ``TIMESTAMP + "." + BODY`` and ``X-Kmsd-Timestamp: TIMESTAMP`` (Unix seconds), so a
 receiver can refuse replays of old deliveries. Events carry names, ids and phases, never a value.
+The key is not stored: each delivery derives it with KMS (``kmsd.services.webhook_keys``) from
+the salt and KMS key id in the hook's row; a KMS failure is a failed delivery, retried like any.
+Rows from before derived keys still hold their key (``hmac_key``) and are signed with it.
 
 Destination guard (SSRF): the URL and every address its host resolves to are judged by
 ``kmsd.domain.outbound`` when the hook is set and again for every delivery, with one lookup per
@@ -40,8 +43,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from kmsd.domain import outbound
 from kmsd.domain.access import IpAddress, IpNetwork
-from kmsd.errors import InvalidInput
+from kmsd.errors import InvalidInput, UpstreamError
 from kmsd.services.leadership import check_fence
+from kmsd.services.webhook_keys import WebhookKeys
 
 log = structlog.get_logger(__name__)
 
@@ -55,13 +59,14 @@ MAX_ATTEMPTS = 300
 HEADS = """
 SELECT * FROM (
     SELECT DISTINCT ON (d.app_path) d.id, d.app_path, d.payload::text AS payload, d.attempts,
-           d.next_at, w.url, w.hmac_key
+           d.next_at, w.url, w.hmac_key, w.mac_key_id, w.mac_salt
     FROM webhook_deliveries d JOIN webhooks w ON w.app_path = d.app_path
     WHERE d.delivered_at IS NULL AND d.attempts < $1
     ORDER BY d.app_path, d.id
 ) head WHERE head.next_at <= now()
 """
-# Longer than a send can take (TIMEOUT_S), so a live sender's claim is never taken over.
+# Longer than a send can take (deriving the key, bounded by the AWS call timeout of at most
+# 29 s, then TIMEOUT_S), so a live sender's claim is never taken over.
 CLAIM_TTL_S = 60.0
 CLAIM = """
 UPDATE webhook_deliveries SET claimed_epoch = $2, claimed_at = now()
@@ -168,13 +173,15 @@ async def deliver_due(
     http: aiohttp.ClientSession,
     allowed: Sequence[IpNetwork] = (),
     epoch: int | None = None,
+    *,
+    keys: WebhookKeys,
 ) -> int:
     """Send the head delivery of every application that has one due; return how many landed.
 
     ``epoch`` is the leader's fencing token (FencedOut once another replica leads); None only
     where no leadership applies (tests that drive deliveries directly). ``http`` is the app's
     session, kept for its callers; a delivery sends through a connector of its own, pinned to
-    the addresses checked for that delivery (``_send``).
+    the addresses checked for that delivery (``_send``). ``keys`` derives the signing keys.
     """
     heads = await pool.fetch(HEADS, MAX_ATTEMPTS)
     claimed = []
@@ -183,25 +190,37 @@ async def deliver_due(
             await check_fence(conn, epoch)
             if await conn.fetchval(CLAIM, row["id"], epoch or 0, CLAIM_TTL_S):
                 claimed.append(row)
-    results = await asyncio.gather(*(_deliver(pool, row, allowed) for row in claimed))
+    results = await asyncio.gather(*(_deliver(pool, row, allowed, keys) for row in claimed))
     return sum(results)
 
 
-async def _deliver(pool: asyncpg.Pool, row: Any, allowed: Sequence[IpNetwork]) -> bool:
+async def signing_key(row: Any, keys: WebhookKeys) -> str:
+    """The key a hook row signs with: derived from its salt, or (older rows) the stored one."""
+    if row["mac_salt"] is None:
+        return str(row["hmac_key"])
+    return await keys.derive(row["mac_key_id"], row["app_path"], bytes(row["mac_salt"]))
+
+
+async def _deliver(
+    pool: asyncpg.Pool, row: Any, allowed: Sequence[IpNetwork], keys: WebhookKeys
+) -> bool:
     body = row["payload"].encode()
-    timestamp = str(int(time.time()))
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "kmsd-webhook",
-        "X-Kmsd-Delivery": str(row["id"]),
-        "X-Kmsd-Timestamp": timestamp,
-        "X-Kmsd-Signature": sign(row["hmac_key"], timestamp, body),
-    }
     try:
+        key = await signing_key(row, keys)
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "kmsd-webhook",
+            "X-Kmsd-Delivery": str(row["id"]),
+            "X-Kmsd-Timestamp": timestamp,
+            "X-Kmsd-Signature": sign(key, timestamp, body),
+        }
         async with asyncio.timeout(TIMEOUT_S):  # the lookup, the connection and the answer
             ok, error = await _send(row["url"], body, headers, allowed)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         ok, error = False, type(exc).__name__
+    except UpstreamError as exc:  # KMS did not derive the key: nothing was sent
+        ok, error = False, f"signing key: {exc.detail}"
     except InvalidInput as exc:
         ok, error = False, exc.detail
     if ok:

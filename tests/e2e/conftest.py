@@ -15,7 +15,9 @@ from tests.e2e.harness import Replica
 
 
 @pytest.fixture
-def env(fresh_database: Any, moto_endpoint: str, admin: Identity) -> dict[str, str]:
+def env(
+    fresh_database: Any, moto_endpoint: str, admin: Identity, webhook_mac_key: str
+) -> dict[str, str]:
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("KMSD_")},
         "KMSD_DATABASE_URL": fresh_database(f"e2e_{uuid.uuid4().hex[:8]}"),
@@ -24,6 +26,7 @@ def env(fresh_database: Any, moto_endpoint: str, admin: Identity) -> dict[str, s
         "AWS_DEFAULT_REGION": REGION,
         "KMSD_ADMINS": admin.arn,
         "KMSD_LOG_FORMAT": "json",
+        "KMSD_WEBHOOK_MAC_KEY": webhook_mac_key,
     }
 
 

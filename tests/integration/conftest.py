@@ -66,7 +66,9 @@ TABLES = (
 
 
 @pytest.fixture
-def settings(database_url: str, moto_endpoint: str, admin: Identity) -> Settings:
+def settings(
+    database_url: str, moto_endpoint: str, admin: Identity, webhook_mac_key: str
+) -> Settings:
     return Settings(
         database_url=database_url,
         server_id=SERVER_ID,
@@ -78,6 +80,7 @@ def settings(database_url: str, moto_endpoint: str, admin: Identity) -> Settings
         db_pool_max=4,
         # moto lives for the whole session: a prefix per test keeps SM names apart.
         sm_prefix=f"kmsd-{uuid.uuid4().hex[:8]}/",
+        webhook_mac_key=webhook_mac_key,
     )
 
 

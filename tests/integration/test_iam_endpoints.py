@@ -6,7 +6,9 @@ import gc
 import json
 import warnings
 
-from tests.conftest import Identity
+import boto3
+
+from tests.conftest import REGION, Identity
 from tests.integration.conftest import Api
 
 with warnings.catch_warnings():
@@ -50,3 +52,14 @@ async def test_server_policy_never_reads(api: Api) -> None:
     assert policy["Statement"][0]["Resource"][0].startswith(
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:kmsd-"
     )
+
+
+async def test_server_policy_may_derive_webhook_keys_with_the_configured_key_only(
+    api: Api, moto_endpoint: str, webhook_mac_key: str
+) -> None:
+    kms = boto3.client("kms", endpoint_url=moto_endpoint, region_name=REGION)
+    arn = kms.describe_key(KeyId=webhook_mac_key)["KeyMetadata"]["Arn"]
+    policy = await api.ok("GET", "/v1/iam-policy/server")
+    (mac,) = [s for s in policy["Statement"] if "kms:GenerateMac" in s["Action"]]
+    assert (mac["Action"], mac["Resource"]) == (["kms:GenerateMac"], [arn])  # the alias resolved
+    assert analyze_policy_string(json.dumps(policy)).findings == []

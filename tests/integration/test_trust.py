@@ -16,7 +16,17 @@ from aiohttp.test_utils import TestClient
 
 from kmsd.domain.access import parse_cidrs
 from kmsd.errors import FencedOut
-from kmsd.keys import ADOPTION, HTTP, METRICS, POOL, ROTATIONS, SCHEDULER, SETTINGS, SM
+from kmsd.keys import (
+    ADOPTION,
+    HTTP,
+    METRICS,
+    POOL,
+    ROTATIONS,
+    SCHEDULER,
+    SETTINGS,
+    SM,
+    WEBHOOK_KEYS,
+)
 from kmsd.services import webhooks
 from kmsd.services.leadership import Leadership
 from kmsd.services.reconcile import reconcile, sweep_labels
@@ -213,7 +223,9 @@ async def test_a_deposed_leader_is_fenced_out(
         with pytest.raises(FencedOut):
             await client.app[ROTATIONS].tick(old)
         with pytest.raises(FencedOut):
-            await webhooks.deliver_due(client.app[POOL], client.app[HTTP], (), old)
+            await webhooks.deliver_due(
+                client.app[POOL], client.app[HTTP], (), old, keys=client.app[WEBHOOK_KEYS]
+            )
         assert (await api.ok("GET", "/v1/rotations"))["rotations"][0]["phase"] == "pending"
         assert (
             await db.fetchval(

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from kmsd.domain.access import parse_cidrs
-from kmsd.keys import HTTP, POOL
+from kmsd.keys import HTTP, POOL, WEBHOOK_KEYS
 from kmsd.services import webhooks
 from tests.conftest import Identity
 from tests.integration.conftest import Api, ClientFactory, sign_in
@@ -87,7 +87,7 @@ async def _api(make_client: ClientFactory, admin: Identity, moto_endpoint: str) 
 
 async def _deliver(api: Api, allowed: Any = LOOPBACK) -> int:
     app = api.client.app
-    return await webhooks.deliver_due(app[POOL], app[HTTP], allowed, None)
+    return await webhooks.deliver_due(app[POOL], app[HTTP], allowed, None, keys=app[WEBHOOK_KEYS])
 
 
 async def _last_error(db: asyncpg.Connection) -> str | None:

@@ -33,6 +33,7 @@ EXPECTED_STATUS = {
     "Unavailable": 503,
     "ShuttingDown": 503,
     "FencedOut": 409,
+    "WebhooksNotConfigured": 409,
 }
 
 

@@ -70,3 +70,24 @@ def test_server_policy_writes_and_never_reads(partition: str) -> None:
     ]
     if partition == "aws":
         assert lint(policy) == []
+
+
+def test_server_policy_may_mac_with_the_webhook_key_only() -> None:
+    policy = server_policy(
+        partition="aws",
+        region="us-east-1",
+        account="123456789012",
+        sm_prefix="kmsd/",
+        webhook_mac_key_arn=KEY,
+    )
+    (mac,) = [s for s in policy["Statement"] if "kms:GenerateMac" in s["Action"]]
+    assert (mac["Action"], mac["Resource"]) == (["kms:GenerateMac"], [KEY])
+    assert not actions_of(policy) & FORBIDDEN_ACTIONS
+    assert lint(policy) == []
+
+
+def test_server_policy_without_webhooks_has_no_mac() -> None:
+    policy = server_policy(
+        partition="aws", region="us-east-1", account="123456789012", sm_prefix="kmsd/"
+    )
+    assert "kms:GenerateMac" not in actions_of(policy)

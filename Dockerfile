@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY kmsd ./kmsd
 COPY kmsagent ./kmsagent
 COPY sql ./sql
-RUN pip install . \
+RUN pip install './[server]' \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin kmsd
 
 USER 10001

@@ -136,11 +136,13 @@ async def revoke(request: web.Request) -> web.Response:
     binding_id = parse_id(request.match_info["id"])
     if binding_id is None:  # ids are bigint identities: anything else names none
         raise NotFound(f"binding {request.match_info['id'][:40]!r} does not exist")
+    request[AUDIT_TARGET] = f"binding {binding_id}"
     pool = request.app[POOL]
     row = await pool.fetchrow(bindings_db.GET, binding_id)
     if row is None:
         raise NotFound(f"binding {binding_id} does not exist")
-    request[AUDIT_TARGET] = row["prefix"]
+    # The prefix first, so `audit list --path` finds it; the id, so the row says which binding.
+    request[AUDIT_TARGET] = f"{row['prefix']} binding {binding_id}"
     await authorize(request, "admin", row["prefix"])
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(bindings_db.DELETE, binding_id)

@@ -2,19 +2,26 @@
 
 - Reads (and sign-ins) get one row after the handler, with the final status.
 - Changes (PUT/POST/DELETE other than sign-in and watch) get an ``attempt`` row *before* the
-  handler runs - if that cannot be written nothing changes - and an outcome row after.
+  handler runs - if that cannot be written nothing changes - and an outcome row after. The
+  attempt row names the target the handler will act on, also when the body, the query or an
+  id names it (``kmsd.domain.audit_target``): the body is read here once (aiohttp keeps it for
+  the handler), a binding's prefix comes from the bindings in memory.
 - A watch is audited when it is accepted (before the hold), so waking 10,000 polls never
   waits on the audit trail; refusals are audited like any other call.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import structlog
 from aiohttp import web
 
 from kmsd.db.audit import AuditUnavailable
 from kmsd.domain.audit import AuditEntry, outcome_of
-from kmsd.errors import Unavailable
+from kmsd.domain.audit_target import attempt_target, reads_body
+from kmsd.domain.inputs import parse_id
+from kmsd.errors import KmsError, Unavailable
 from kmsd.http.common import (
     AUDIT_CLAIMED,
     AUDIT_DENIED,
@@ -23,9 +30,10 @@ from kmsd.http.common import (
     CLIENT_IP,
     PRINCIPAL,
     REQUEST_ID,
+    json_body,
     problem_response,
 )
-from kmsd.keys import AUDIT, CLOCK, SETTINGS
+from kmsd.keys import AUDIT, BINDINGS, CLOCK, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -137,12 +145,32 @@ async def audit_outcome(request: web.Request, response: web.StreamResponse) -> w
 
 async def write_attempt(request: web.Request) -> None:
     """The attempt row of a change, once the caller is known and before anything changes."""
+    action = _action(request)
     if (
         request.path.startswith(AUDITED_PREFIXES)
         and request.method != "GET"
-        and _action(request) not in _NOT_CHANGES
+        and action not in _NOT_CHANGES
     ):
+        target = await _attempt_target(request, action)
+        entry = dataclasses.replace(_entry(request, 0, "attempt"), target=_printable(target))
         try:
-            await request.app[AUDIT].write(_entry(request, 0, "attempt"))
+            await request.app[AUDIT].write(entry)
         except AuditUnavailable:
             raise Unavailable(FAIL_CLOSED) from None
+
+
+async def _attempt_target(request: web.Request, action: str) -> str:
+    body = None
+    if reads_body(action):
+        try:
+            body = await json_body(request)  # the handler reads it again, with its own rules
+        except (KmsError, web.HTTPException):  # e.g. not JSON, or over the size limit (413)
+            body = None  # refused by the handler next, with the reason
+    known_path = None
+    if action == "binding.revoke":
+        wanted = parse_id(request.match_info.get("id", ""))
+        found = [b for b in await request.app[BINDINGS].all() if b.id == wanted]
+        known_path = found[0].prefix if found else None
+    return attempt_target(
+        action, request.match_info, request.query, body=body, known_path=known_path
+    )

@@ -77,6 +77,13 @@ class Conflict(KmsError):
     http_status = 409
 
 
+class ReportsUnknown(Conflict):
+    """A watch sent the digest of reports kmsd does not hold: send the reports in full."""
+
+    code = "reports-unknown"
+    title = "Reports unknown"
+
+
 class PayloadTooLarge(KmsError):
     code = "payload-too-large"
     title = "Payload too large"

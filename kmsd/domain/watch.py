@@ -1,29 +1,55 @@
-"""Validation of ``POST /v1/watch`` bodies and timeouts (pure)."""
+"""Validation of ``POST /v1/watch`` bodies and timeouts, and the reports' digest (pure).
+
+A watch body carries what its instance holds (the *reports*: ``held``, ``versions``,
+``processes``, ``app_process_ids``), which grows with the application: about 150 bytes a
+secret, more with every process that read them. An idle agent re-polls every hold, so it sends
+the reports in full only when they changed since kmsd last took them, and otherwise only
+``reports_digest``, the sha256 of their canonical JSON (:func:`reports_digest`). kmsd keeps
+the digest of the reports it stored; a digest it does not hold is answered at once with
+``reports-unknown`` (409), and the agent sends its reports in full again.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kmsd.domain.names import NodePath, check_segment
+import orjson
+
+from kmsd.domain.names import SEGMENT_RE, NodePath, check_segment
 from kmsd.errors import InvalidInput
 
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 MAX_PROCESS_IDS = 1024
-MAX_HELD = 1000
+# At most this many entries in ``held``, ``versions`` and each ``processes.{pid}``: more than
+# the secrets of any effective set kmsagent can take. It reads at most 8 MiB of one
+# (kmsagent.upstream.MAX_ANSWER_BYTES) and an SM secret fills at least ~230 bytes of it (name,
+# source, ARN, expiry, one version): about 36,000 secrets. So whatever the application's size,
+# its agents' reports pass.
+MAX_HELD = 50_000
 MAX_VERSIONS_PER_SECRET = 64  # data keys keep every period's key; SM secrets offer three
+# The body limit of a watch alone (every other call keeps kmsd.app.CLIENT_MAX_SIZE, 1 MiB):
+# ``held`` and ``versions`` of the largest set an agent can take are under 8 MiB (a secret's
+# entries there are shorter than its entry in the effective set), and kmsagent reports at most
+# 50,000 process reads (kmsagent.reports.MAX_REPORTED_READS, ~3 MiB). No larger: a body is
+# parsed on the event loop, up to ~0.1 s a MiB when it is all one-letter entries (about a
+# second at this limit; bench/watch_reports.py). Full reports are rare: idle polls send the
+# digest.
+WATCH_MAX_BODY = 12 * 1024 * 1024
+# The fields a digest stands for, in the order they are written.
+REPORT_FIELDS = ("app_process_ids", "held", "processes", "versions")
 WATCH_FIELDS = frozenset(
     {
         "path",
         "path_version",
         "instance_id",
-        "app_process_ids",
-        "held",
-        "processes",
-        "versions",
         "role",
+        "reports_digest",
+        *REPORT_FIELDS,
     }
 )
 # Serving instances (agents) hold values and count in rotation gates; observers (kmsctl watch,
@@ -44,6 +70,24 @@ class WatchRequest:
     # previous): a rotation's first gate asks whether the pending one is among them.
     versions: dict[str, list[str]] = field(default_factory=dict)
     role: str = "serving"
+    # The digest of the reports: computed from a body that carries them, or the one a body
+    # sent instead of them (``reports_sent`` False: kmsd must already hold those reports).
+    reports_digest: str = ""
+    reports_sent: bool = True
+
+
+def reports_digest(body: Mapping[str, Any]) -> str:
+    """Return the hex sha256 of the report fields of a watch body, as canonical JSON.
+
+    Canonical: only the fields of :data:`REPORT_FIELDS` that are present, app process ids as
+    strings (as they are stored), object keys sorted at every level, no whitespace, UTF-8
+    (orjson's output with ``OPT_SORT_KEYS``). kmsd hashes the body it parsed; kmsagent hashes
+    the body it sends; both give the same digest.
+    """
+    fields = {name: body[name] for name in REPORT_FIELDS if name in body}
+    if isinstance(pids := fields.get("app_process_ids"), list):
+        fields["app_process_ids"] = [str(pid) for pid in pids]
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def check_instance_id(instance: Any, field_name: str) -> None:
@@ -68,6 +112,13 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
     instance = doc.get("instance_id")
     check_instance_id(instance, "'instance_id'")
     assert isinstance(instance, str)
+    role = doc.get("role", "serving")
+    if role not in ROLES:
+        raise InvalidInput("'role' must be 'serving' (an agent holding values) or 'observer'")
+    if (digest := _digest_instead(doc)) is not None:
+        return WatchRequest(
+            path, version, instance, (), {}, role=role, reports_digest=digest, reports_sent=False
+        )
     pids = doc.get("app_process_ids", [])
     if not isinstance(pids, list) or len(pids) > MAX_PROCESS_IDS:
         raise InvalidInput(f"'app_process_ids' must be a list of at most {MAX_PROCESS_IDS} ids")
@@ -91,18 +142,41 @@ def parse_watch(doc: Mapping[str, Any]) -> WatchRequest:
     if len(clean_pids) > MAX_PROCESS_IDS:
         raise InvalidInput(f"at most {MAX_PROCESS_IDS} app process ids per instance")
     versions = _versions(doc.get("versions", {}))
-    role = doc.get("role", "serving")
-    if role not in ROLES:
-        raise InvalidInput("'role' must be 'serving' (an agent holding values) or 'observer'")
-    return WatchRequest(path, version, instance, tuple(clean_pids), held, reads, versions, role)
+    return WatchRequest(
+        path,
+        version,
+        instance,
+        tuple(clean_pids),
+        held,
+        reads,
+        versions,
+        role,
+        reports_digest=reports_digest(doc),
+    )
+
+
+def _digest_instead(doc: Mapping[str, Any]) -> str | None:
+    """The ``reports_digest`` a body sends instead of its reports, if it does."""
+    if "reports_digest" not in doc:
+        return None
+    digest = doc["reports_digest"]
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        raise InvalidInput("'reports_digest' must be a sha256 as 64 lowercase hex digits")
+    if sent := [name for name in REPORT_FIELDS if name in doc]:
+        raise InvalidInput(
+            f"'reports_digest' stands for the reports: send it or {', '.join(sent)}, not both"
+        )
+    return digest
 
 
 def _versions(versions: Any) -> dict[str, list[str]]:
     """``{secret name: [version ids]}``: every version of each secret an instance holds."""
     if not isinstance(versions, dict) or len(versions) > MAX_HELD:
         raise InvalidInput(f"'versions' must be an object of at most {MAX_HELD} name: [ids]")
-    for name, ids in versions.items():
-        check_segment(name, "secret name in 'versions'")
+    if not all(map(SEGMENT_RE.fullmatch, versions)):  # one pass while all is well (big sets)
+        for name in versions:
+            check_segment(name, "secret name in 'versions'")
+    for ids in versions.values():
         if (
             not isinstance(ids, list)
             or len(ids) > MAX_VERSIONS_PER_SECRET
@@ -119,10 +193,11 @@ def _held(held: Any, field_name: str) -> dict[str, str]:
     """A ``{secret name: version id}`` map, as agents report what they (or a process) hold."""
     if not isinstance(held, dict) or len(held) > MAX_HELD:
         raise InvalidInput(f"{field_name} must be an object of at most {MAX_HELD} name: version_id")
-    for name, version_id in held.items():
-        check_segment(name, f"secret name in {field_name}")
-        if not isinstance(version_id, str) or not 0 < len(version_id) <= 128:
-            raise InvalidInput(f"each version id in {field_name} must be a non-empty string")
+    if not all(map(SEGMENT_RE.fullmatch, held)):  # one pass while all is well (big sets)
+        for name in held:
+            check_segment(name, f"secret name in {field_name}")
+    if not all(isinstance(v, str) and 0 < len(v) <= 128 for v in held.values()):
+        raise InvalidInput(f"each version id in {field_name} must be a non-empty string")
     return dict(held)
 
 

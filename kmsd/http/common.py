@@ -10,7 +10,13 @@ from aiohttp import web
 
 from kmsd.domain.inputs import check_depth
 from kmsd.domain.signin import Principal
-from kmsd.errors import InvalidInput, KmsError, Unauthenticated, UnsupportedMediaType
+from kmsd.errors import (
+    InvalidInput,
+    KmsError,
+    PayloadTooLarge,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -55,12 +61,16 @@ async def json_body(
     request: web.Request,
     allowed: AbstractSet[str] | None = None,
     opaque: AbstractSet[str] = frozenset(),
+    *,
+    max_size: int | None = None,
 ) -> dict[str, Any]:
-    """Parse a JSON object body or raise a 400/415 that says what was wrong.
+    """Parse a JSON object body or raise a 400/413/415 that says what was wrong.
 
     With ``allowed``, a field outside it is a 400: a typo must not be silently ignored.
     No string may hold NUL (PostgreSQL cannot store it), except in the ``opaque`` fields:
     a secret's value, which goes to Secrets Manager and never to the database.
+    With ``max_size``, the body may be that large instead of the app's ``client_max_size``,
+    and is not kept on the request (a held poll must not pin its body for the whole hold).
     """
     if request.content_type not in ("application/json", ""):
         raise UnsupportedMediaType("send the request body as application/json")
@@ -68,7 +78,7 @@ async def json_body(
         # Bodies are small JSON documents: a compressed one is refused unread (no decoder
         # errors, no decompression bombs).
         raise UnsupportedMediaType("send the request body uncompressed (no Content-Encoding)")
-    raw = await request.read()
+    raw = await request.read() if max_size is None else await _read_uncached(request, max_size)
     try:
         doc = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError as exc:
@@ -85,6 +95,19 @@ async def json_body(
         if key not in opaque and (where := _nul_at({key: value}, "body")):
             raise InvalidInput(f"{where} contains U+0000 (NUL), which kmsd cannot store")
     return doc
+
+
+async def _read_uncached(request: web.Request, max_size: int) -> bytes:
+    """The body, up to ``max_size`` bytes (413 past it, unread if its length says so)."""
+    too_large = PayloadTooLarge(f"the body of {request.method} {request.path} is over {max_size} B")
+    if request.content_length is not None and request.content_length > max_size:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > max_size:
+            raise too_large
+    return bytes(body)
 
 
 def check_query(request: web.Request) -> None:

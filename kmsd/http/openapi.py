@@ -173,7 +173,8 @@ def _paths() -> dict[str, dict[str, Schema]]:
             body="WatchRequest",
             ok={"200": answer(ref("EffectiveSet"), "the path moved: its new effective set"),
                 "304": {"description": "the hold ended and the path did not move"}},
-            errors=(404, 429, 503),
+            # 409 reports-unknown: a reports_digest kmsd does not hold; send the reports in full
+            errors=(404, 409, 429, 503),
         )},
         "/v1/adoption/{path}": {
             "get": operation(

@@ -15,7 +15,7 @@ from kmsd.domain.names import MAX_DEPTH, SEGMENT_RULE
 from kmsd.domain.profile import USES
 from kmsd.domain.rotation import MODES
 from kmsd.domain.tree import KINDS
-from kmsd.domain.watch import MAX_HELD, MAX_PROCESS_IDS, MAX_VERSIONS_PER_SECRET
+from kmsd.domain.watch import MAX_HELD, MAX_PROCESS_IDS, MAX_VERSIONS_PER_SECRET, WATCH_MAX_BODY
 
 Schema = dict[str, Any]
 
@@ -215,9 +215,18 @@ REQUESTS: dict[str, Schema] = {
                 additionalProperties=array(VERSION_ID, maxItems=MAX_VERSIONS_PER_SECRET),
                 description="every version of each secret the instance holds",
             ),
+            "reports_digest": string(
+                pattern="^[0-9a-f]{64}$",
+                description="instead of app_process_ids, held, processes and versions (never "
+                "with them): the hex sha256 of the JSON of those fields as last sent in full "
+                "(keys sorted at every level, no whitespace, UTF-8, process ids as strings). "
+                "A digest of reports kmsd does not hold is answered 409 reports-unknown at "
+                "once: send them in full",
+            ),
         },
         ("path", "instance_id"),
         closed=True,
+        description=f"at most {WATCH_MAX_BODY // (1024 * 1024)} MiB (other bodies: 1 MiB)",
     ),
     "ShareRequest": obj(
         {

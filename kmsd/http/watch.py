@@ -9,8 +9,14 @@ from aiohttp import web
 
 from kmsd.domain.adoption import STALE_AFTER_HOLDS, InstanceReport, summarise
 from kmsd.domain.names import NodePath
-from kmsd.domain.watch import WATCH_FIELDS, check_instance_id, parse_timeout, parse_watch
-from kmsd.errors import InvalidInput, NotFound
+from kmsd.domain.watch import (
+    WATCH_FIELDS,
+    WATCH_MAX_BODY,
+    check_instance_id,
+    parse_timeout,
+    parse_watch,
+)
+from kmsd.errors import InvalidInput, NotFound, ReportsUnknown
 from kmsd.http.access import authorize
 from kmsd.http.audit import audit_now
 from kmsd.http.common import (
@@ -28,21 +34,53 @@ from kmsd.keys import ADOPTION, CLOCK, HUB, POLL_QUOTA, POOL, SETTINGS
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
     settings = request.app[SETTINGS]
     hold = parse_timeout(
         request.query.get("timeout"),
         default=settings.watch_default_hold_s,
         maximum=settings.watch_max_hold_s,
     )
-    req = parse_watch(await json_body(request, allowed=WATCH_FIELDS))
+    path, version = await _take_reports(request)
+    hub = request.app[HUB]
+    with request.app[POLL_QUOTA].hold(request[TOKEN_KEY]):
+        parked = await hub.park(path, version, hub.jittered(hold) if hold else 0.0)
+        if isinstance(parked, Waiter):
+            try:
+                outcome = await parked.handle
+            finally:
+                hub.release(parked)
+        else:
+            outcome = parked
+    if outcome is TIMEOUT:
+        return web.Response(status=304)
+    if not isinstance(outcome, Snapshot):
+        raise NotFound(f"node {str(path)!r} was deleted")
+    return web.Response(body=outcome.body, content_type="application/json")
+
+
+async def _take_reports(request: web.Request) -> tuple[NodePath, int]:
+    """Admit a watch and hand its reports to the adoption buffer; return what to wait on.
+
+    Only the path and version outlive this call: a full report can be megabytes, and the
+    poll is then held for minutes.
+    """
+    who = principal(request)
+    doc = await json_body(request, allowed=WATCH_FIELDS, max_size=WATCH_MAX_BODY)
+    req = parse_watch(doc)
     request[AUDIT_TARGET] = str(req.path)
     await authorize(request, "read", str(req.path))
-    hub = request.app[HUB]
-    if await hub.snapshot(req.path) is None:
+    if await request.app[HUB].snapshot(req.path) is None:
         raise NotFound(f"node {str(req.path)!r} does not exist")
+    buffer = request.app[ADOPTION]
+    if not req.reports_sent and not await buffer.holds(
+        str(req.path), req.instance_id, who.arn, req.reports_digest
+    ):
+        raise ReportsUnknown(
+            "kmsd does not hold the reports of this 'reports_digest' for this instance; "
+            "send held, versions and processes in full"
+        )
     await audit_now(request)  # before the hold: waking a fleet never waits on the trail
-    request.app[ADOPTION].report(
+    buffer.report(
         Report(
             path=str(req.path),
             instance_id=req.instance_id,
@@ -55,22 +93,11 @@ async def watch(request: web.Request) -> web.StreamResponse:
             processes=req.processes,
             versions=req.versions,
             role=req.role,
+            digest=req.reports_digest,
+            full=req.reports_sent,
         )
     )
-    with request.app[POLL_QUOTA].hold(request[TOKEN_KEY]):
-        parked = await hub.park(req.path, req.path_version, hub.jittered(hold) if hold else 0.0)
-        if isinstance(parked, Waiter):
-            try:
-                outcome = await parked.handle
-            finally:
-                hub.release(parked)
-        else:
-            outcome = parked
-    if outcome is TIMEOUT:
-        return web.Response(status=304)
-    if not isinstance(outcome, Snapshot):
-        raise NotFound(f"node {str(req.path)!r} was deleted")
-    return web.Response(body=outcome.body, content_type="application/json")
+    return req.path, req.path_version
 
 
 async def adoption(request: web.Request) -> web.Response:

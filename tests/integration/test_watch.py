@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from kmsd.domain.watch import WATCH_MAX_BODY, reports_digest
 from kmsd.keys import ADOPTION, HUB, METRICS, WAKER
 from tests.conftest import Identity
 from tests.integration.conftest import Api, ClientFactory, FakeClock, eventually, sign_in
@@ -354,3 +358,161 @@ async def test_a_poll_the_client_hangs_up_on_is_logged_as_499(api: Api, client: 
     requests = client.app[METRICS].requests
     await eventually(lambda: requests.labels("POST", "/v1/watch", "499")._value.get() == 1)
     assert requests.labels("POST", "/v1/watch", "500")._value.get() == 0
+
+
+# -- reports in full, or by their digest ------------------------------------------------------
+
+
+def big_reports(count: int) -> dict[str, Any]:
+    """The reports of an instance of an application with ``count`` secrets."""
+    held = {f"s{i:05d}": f"{i:08d}-0000-4000-8000-000000000000" for i in range(count)}
+    return {
+        "held": held,
+        "versions": {name: [vid, f"{vid[:-1]}1"] for name, vid in held.items()},
+        "processes": {"4242": dict(list(held.items())[:10])},
+    }
+
+
+async def stored(conn: asyncpg.Connection, path: str, instance: str = "i-1") -> Any:
+    return await conn.fetchrow(
+        "SELECT held::text AS held, versions::text AS versions, processes::text AS processes,"
+        " reports_digest, path_version, last_seen FROM adoption"
+        " WHERE path = $1 AND instance_id = $2",
+        path,
+        instance,
+    )
+
+
+async def test_reports_of_1500_secrets_are_taken_once_then_named_by_their_digest(
+    make_client: ClientFactory, admin: Identity, moto_endpoint: str, db: asyncpg.Connection
+) -> None:
+    clock = FakeClock()
+    client = await make_client(clock=clock)
+    api = await sign_in(client, admin, moto_endpoint)
+    version = await _tree(api)
+    reports = big_reports(1500)
+    status, problem = await poll(api, "prod/pay/eu", version, hold=0, **reports)
+    assert status == 304, problem  # an old agent's full report, > 1,000 secrets: taken
+    await client.app[ADOPTION].flush()
+    first = await stored(db, "prod/pay/eu")
+    assert orjson.loads(first["held"]) == reports["held"]
+    assert orjson.loads(first["versions"]) == reports["versions"]
+    digest = reports_digest(reports)
+    assert first["reports_digest"] == digest
+
+    clock.advance(30)
+    status, _ = await poll(api, "prod/pay/eu", version, hold=0, reports_digest=digest)
+    assert status == 304
+    await client.app[ADOPTION].flush()
+    later = await stored(db, "prod/pay/eu")
+    assert later["last_seen"] == first["last_seen"] + timedelta(seconds=30)  # live...
+    assert (later["held"], later["versions"], later["processes"]) == (
+        first["held"],
+        first["versions"],
+        first["processes"],
+    )  # ...and its reports are the ones sent in full
+    report = await api.ok("GET", "/v1/adoption/prod/pay/eu")
+    assert report["instances"][0]["processes"] == reports["processes"]
+
+
+async def test_a_digest_kmsd_does_not_hold_is_answered_at_once_and_holds_nothing(
+    api: Api, client: App, db: asyncpg.Connection
+) -> None:
+    version = await _tree(api)
+    reports = {"held": {"db": "v1"}, "versions": {"db": ["v1"]}, "processes": {}}
+    status, problem = await poll(
+        api, "prod/pay/eu", version, reports_digest=reports_digest(reports)
+    )
+    assert status == 409, problem
+    assert problem["type"].endswith("/reports-unknown")
+    assert held(client) == 0
+    assert await client.app[ADOPTION].flush() == 0
+    assert await db.fetchval("SELECT count(*) FROM adoption") == 0
+    # The agent sends the reports in full; from then on the digest is enough.
+    assert (await poll(api, "prod/pay/eu", version, hold=0, **reports))[0] == 304
+    digest = reports_digest(reports)
+    assert (await poll(api, "prod/pay/eu", version, hold=0, reports_digest=digest))[0] == 304
+    # Other reports of the same instance, or the same reports of another instance: unknown.
+    other = reports_digest({**reports, "held": {"db": "v2"}})
+    assert (await poll(api, "prod/pay/eu", version, reports_digest=other))[0] == 409
+    status, _ = await poll(api, "prod/pay/eu", version, instance="i-2", reports_digest=digest)
+    assert status == 409
+
+
+async def test_a_digest_is_checked_against_what_any_replica_has_stored(
+    make_client: ClientFactory, admin: Identity, moto_endpoint: str, db: asyncpg.Connection
+) -> None:
+    clock = FakeClock()
+    a = await sign_in(await make_client(clock=clock), admin, moto_endpoint)
+    b = await sign_in(await make_client(clock=clock), admin, moto_endpoint)
+    version = await _tree(a)
+    reports = big_reports(3)
+    digest = reports_digest(reports)
+    assert (await poll(a, "prod/pay/eu", version, hold=0, **reports))[0] == 304
+    # Still in A's buffer: B cannot know it yet, and says so (one more full report).
+    assert (await poll(b, "prod/pay/eu", version, hold=0, reports_digest=digest))[0] == 409
+    await a.client.app[ADOPTION].flush()
+    clock.advance(60)
+    assert (await poll(b, "prod/pay/eu", version, hold=0, reports_digest=digest))[0] == 304
+    await b.client.app[ADOPTION].flush()
+    row = await stored(db, "prod/pay/eu")
+    assert orjson.loads(row["held"]) == reports["held"]
+    assert row["last_seen"] == clock.now()  # B's poll refreshed the row A wrote
+
+
+async def test_a_digest_poll_before_the_flush_keeps_the_full_report(
+    api: Api, client: App, db: asyncpg.Connection
+) -> None:
+    version = await _tree(api)
+    reports = big_reports(3)
+    assert (await poll(api, "prod/pay/eu", version, hold=0, **reports))[0] == 304
+    digest = reports_digest(reports)
+    assert (await poll(api, "prod/pay/eu", 0, hold=0, reports_digest=digest))[0] == 200
+    assert await client.app[ADOPTION].flush() == 1
+    row = await stored(db, "prod/pay/eu")
+    assert orjson.loads(row["held"]) == reports["held"]
+    assert row["path_version"] == 0  # the digest poll's, over the full report's
+
+
+async def test_a_forgotten_instance_is_not_revived_by_its_digest(
+    api: Api,
+    client: App,
+    make_client: ClientFactory,
+    admin: Identity,
+    moto_endpoint: str,
+    db: asyncpg.Connection,
+) -> None:
+    version = await _tree(api)
+    other = await sign_in(await make_client(), admin, moto_endpoint)
+    reports = big_reports(3)
+    digest = reports_digest(reports)
+    assert (await poll(api, "prod/pay/eu", version, hold=0, **reports))[0] == 304
+    await client.app[ADOPTION].flush()
+    # Taken, not flushed yet, when an operator forgets the instance through another replica.
+    assert (await poll(api, "prod/pay/eu", version, hold=0, reports_digest=digest))[0] == 304
+    await other.ok("DELETE", "/v1/adoption/prod/pay/eu?instance=i-1")
+    await client.app[ADOPTION].flush()
+    assert await db.fetchval("SELECT count(*) FROM adoption") == 0  # no row without reports
+    assert (await poll(api, "prod/pay/eu", version, hold=0, reports_digest=digest))[0] == 409
+
+
+async def test_a_watch_body_may_be_larger_than_other_bodies_up_to_its_own_limit(
+    api: Api, client: App
+) -> None:
+    version = await _tree(api)
+
+    async def send(method: str, url: str, doc: dict[str, Any]) -> tuple[int, Any]:
+        raw = io.BytesIO(orjson.dumps(doc))  # aiohttp wants large bodies as a stream
+        return await api.call(method, url, data=raw, headers={"Content-Type": "application/json"})
+
+    reports = big_reports(12_000)  # over the 1 MiB every other call is held to
+    assert len(orjson.dumps(reports)) > 1024 * 1024
+    status, _ = await send("POST", "/v1/watch?timeout=0", body("prod/pay/eu", version, **reports))
+    assert status == 304
+    put = {"kind": "json", "value": reports["held"]}
+    assert (await send("PUT", "/v1/secrets/prod/pay/big", put))[0] == 413
+    huge = body("prod/pay/eu", version, held={"s": "x" * WATCH_MAX_BODY})
+    status, problem = await send("POST", "/v1/watch?timeout=0", huge)
+    assert status == 413, problem
+    assert problem["type"].endswith("/payload-too-large")
+    assert held(client) == 0

@@ -26,6 +26,7 @@ EXPECTED_STATUS = {
     "NotFound": 404,
     "MethodNotAllowed": 405,
     "Conflict": 409,
+    "ReportsUnknown": 409,
     "PayloadTooLarge": 413,
     "UnsupportedMediaType": 415,
     "TooManyRequests": 429,

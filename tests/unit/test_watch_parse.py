@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
 
 from kmsd.domain.names import NodePath
-from kmsd.domain.watch import MAX_HELD, MAX_PROCESS_IDS, parse_timeout, parse_watch
+from kmsd.domain.watch import (
+    MAX_HELD,
+    MAX_PROCESS_IDS,
+    REPORT_FIELDS,
+    WATCH_MAX_BODY,
+    parse_timeout,
+    parse_watch,
+    reports_digest,
+)
 from kmsd.errors import InvalidInput
 
 BASE: dict[str, Any] = {"path": "ns/app", "instance_id": "i-1"}
@@ -53,7 +62,7 @@ def test_parse_watch_defaults() -> None:
         (
             body(held={f"s{i}": "v" for i in range(MAX_HELD)}),
             "held",
-            {f"s{i}": "v" for i in range(1000)},
+            {f"s{i}": "v" for i in range(50_000)},
         ),
     ],
 )
@@ -123,6 +132,21 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("versions bad name", body(versions={"A": ["v1"]})),
     ("versions empty id", body(versions={"a": [""]})),
     ("versions too many ids", body(versions={"a": [f"v{i}" for i in range(65)]})),
+    ("versions too many", body(versions={f"s{i}": [] for i in range(MAX_HELD + 1)})),
+    (
+        "processes' reads too many",
+        body(processes={"p1": {f"s{i}": "v" for i in range(MAX_HELD + 1)}}),
+    ),
+    ("reports_digest upper case", body(reports_digest="A" * 64)),
+    ("reports_digest short", body(reports_digest="a" * 63)),
+    ("reports_digest long", body(reports_digest="a" * 65)),
+    ("reports_digest prefixed", body(reports_digest="sha256:" + "a" * 64)),
+    ("reports_digest not a string", body(reports_digest=None)),
+    ("reports_digest and held", body(reports_digest="a" * 64, held={})),
+    ("reports_digest and versions", body(reports_digest="a" * 64, versions={})),
+    ("reports_digest and processes", body(reports_digest="a" * 64, processes={})),
+    ("reports_digest and pids", body(reports_digest="a" * 64, app_process_ids=[])),
+    ("reports_digest and a bad role", body(reports_digest="a" * 64, role="x")),
     ("processes a list", body(processes=[["p1", {"a": "v1"}]])),
     ("processes empty pid", body(processes={"": {"a": "v1"}})),
     ("processes 65-char pid", body(processes={"x" * 65: {"a": "v1"}})),
@@ -164,7 +188,67 @@ def test_parse_watch_refuses(doc: dict[str, Any]) -> None:
 
 def test_limits_are_the_documented_ones() -> None:
     assert MAX_PROCESS_IDS == 1024
-    assert MAX_HELD == 1000
+    assert MAX_HELD == 50_000
+    assert WATCH_MAX_BODY == 12 * 1024 * 1024
+
+
+# -- reports, or their digest ---------------------------------------------------------------
+
+REPORTS: dict[str, Any] = {
+    "held": {"db": "v2", "tls": "c1"},
+    "versions": {"db": ["v2", "v1"], "tls": ["c1"]},
+    "processes": {"4242": {"db": "v2"}},
+}
+
+
+def test_a_full_report_carries_the_digest_of_its_reports() -> None:
+    req = parse_watch(body(path_version=3, **REPORTS))
+    assert req.reports_sent
+    assert req.reports_digest == reports_digest(REPORTS)
+    assert req.reports_digest == reports_digest(body(path_version=9, role="observer", **REPORTS))
+
+
+def test_a_body_without_reports_has_the_digest_of_none() -> None:
+    req = parse_watch(BASE)
+    assert (req.reports_sent, req.reports_digest) == (True, reports_digest({}))
+
+
+def test_a_digest_stands_for_the_reports() -> None:
+    digest = reports_digest(REPORTS)
+    req = parse_watch(body(path_version=3, role="observer", reports_digest=digest))
+    assert (req.reports_sent, req.reports_digest) == (False, digest)
+    assert (req.path_version, req.role, req.instance_id) == (3, "observer", "i-1")
+    assert (req.held, req.versions, req.processes, req.app_process_ids) == ({}, {}, {}, ())
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ({"held": {"a": "1", "b": "2"}}, {"held": {"b": "2", "a": "1"}}, True),  # key order
+        (
+            {"processes": {"p": {"a": "1", "b": "2"}}},
+            {"processes": {"p": {"b": "2", "a": "1"}}},
+            True,
+        ),
+        ({"held": {}}, {"held": {}, "path": "ns/app", "path_version": 7}, True),  # not reports
+        ({"versions": {"a": ["1", "2"]}}, {"versions": {"a": ["2", "1"]}}, False),  # list order
+        ({"held": {"a": "1"}}, {"held": {"a": "2"}}, False),
+        ({"held": {}}, {}, False),  # sent empty is not absent
+        ({"held": {}}, {"versions": {}}, False),
+        ({"app_process_ids": [42]}, {"app_process_ids": ["42"]}, True),  # stored as text
+        ({"app_process_ids": [10**63]}, {"app_process_ids": [str(10**63)]}, True),
+    ],
+)
+def test_reports_digest_is_canonical(a: dict[str, Any], b: dict[str, Any], same: bool) -> None:
+    assert (reports_digest(a) == reports_digest(b)) is same
+
+
+def test_reports_digest_is_sha256_of_sorted_compact_json() -> None:
+    # The rule written out, for anyone computing it in another language.
+    doc = {"versions": {"b": ["v"]}, "held": {"é": "1", "a": "2"}, "path": "x"}
+    canonical = '{"held":{"a":"2","é":"1"},"versions":{"b":["v"]}}'.encode()
+    assert reports_digest(doc) == hashlib.sha256(canonical).hexdigest()
+    assert REPORT_FIELDS == ("app_process_ids", "held", "processes", "versions")
 
 
 # -- parse_timeout --------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Per path: fetch the effective set, read every value it needs that is not cached 
 concurrently), build the new :class:`~kmsagent.state.PathView` and publish it by replacing
 one reference. Then hold a long poll reporting what this instance (and each application
 process) holds; kmsd answers it with the new effective set the moment the path changes.
+Those reports go in full only when they changed since kmsd took them; otherwise a poll
+carries their digest (:mod:`kmsagent.reports`), and a digest kmsd does not hold is answered
+at once so that the next poll sends them in full.
 
 Failures never empty the cache: kmsd away, AWS away or a value refused, the last good view
 stays served and the loop retries with jittered exponential backoff. A full re-sync of the
@@ -26,6 +29,7 @@ import structlog
 from kmsagent.aws import FetchFailed, Reader
 from kmsagent.creds import CredentialsError
 from kmsagent.pacing import MAX_SERVER_DELAY_S, MIN_POLL_INTERVAL_S, poll_wait
+from kmsagent.reports import reported_processes, watch_body
 from kmsagent.state import (
     BadDocument,
     PathView,
@@ -46,8 +50,7 @@ _rng = random.Random()  # noqa: S311 - jitter, not a secret
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 15.0
 REFUSED_RETRY_S = 30.0  # a missing binding is fixed by a person: no need to hurry
-REPORT_DEBOUNCE_S = 1.0
-MAX_REPORTED_PROCESSES = 256  # re-poll at most this often to report new process reads
+REPORT_DEBOUNCE_S = 1.0  # re-poll at most this often to report new process reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class PathState:
     local_watchers: int = 0  # applications' long polls waiting on this path
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     report_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    reports_taken: str | None = None  # digest of the reports kmsd last answered a poll for
 
     def age(self, now: float) -> float | None:
         """Seconds the view may have been missing a change: 0 while kmsd holds our poll."""
@@ -173,7 +177,8 @@ class Agent:
 
     async def _poll(self, state: PathState, hold: float) -> None:
         state.report_changed.clear()
-        poll = asyncio.ensure_future(self.kmsd.watch(self.report(state), hold))
+        body, digest = watch_body(self.report(state), state.reports_taken)
+        poll = asyncio.ensure_future(self.kmsd.watch(body, hold))
         state.polling = True
         self.stats["polls"] += 1
         try:
@@ -193,10 +198,19 @@ class Agent:
                             await poll
                         return
             doc = poll.result()
+        except Refused as exc:
+            if "reports_digest" not in body or exc.status not in (400, 409):
+                raise
+            # 409: kmsd does not hold these reports (its buffer on another replica, a forgotten
+            # instance); 400: a kmsd from before digests. Send them in full on the next poll.
+            state.reports_taken = None
+            log.info("reports_requested", path=state.path, status=exc.status)
+            return
         finally:
             state.polling = False
             if not poll.done():
                 poll.cancel()
+        state.reports_taken = digest  # answered: kmsd holds these reports
         self._confirmed(state)
         if doc is not None:
             await self._adopt(state, doc)
@@ -239,7 +253,7 @@ class Agent:
         )
 
     def report(self, state: PathState) -> dict[str, Any]:
-        """The watch body: what this instance and its applications' processes hold."""
+        """The whole watch body: what this instance and its applications' processes hold."""
         view = state.view
         return {
             "path": state.path,
@@ -247,8 +261,5 @@ class Agent:
             "instance_id": self.config.instance_id,
             "held": view.held() if view else {},
             "versions": view.holding() if view else {},
-            # The most recently seen processes, few enough to keep the report small.
-            "processes": dict(
-                list(self.reads.report(state.path, self.clock()).items())[-MAX_REPORTED_PROCESSES:]
-            ),
+            "processes": reported_processes(self.reads.report(state.path, self.clock())),
         }

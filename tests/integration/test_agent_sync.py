@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import boto3
+import orjson
 import pytest
 from aiobotocore.session import AioSession
 from aiohttp import web
@@ -18,9 +19,10 @@ from aiohttp.test_utils import TestClient
 
 from kmsagent.aws import Reader
 from kmsagent.creds import frozen
+from kmsagent.reports import watch_body
 from kmsagent.sync import Agent, SyncConfig
 from kmsagent.upstream import Kmsd
-from kmsd.keys import ADOPTION
+from kmsd.keys import ADOPTION, METRICS
 from tests.conftest import REGION, SERVER_ID, Identity
 from tests.integration.conftest import Api, eventually
 
@@ -183,3 +185,103 @@ async def test_data_keys_are_decrypted_with_their_context_every_period_newest_fi
             assert key.value == expected
             assert len(key.value) == 32
         assert view.held()["files"] == keys[0].version_id  # the newest key is the one in use
+
+
+BIG = 1500  # more secrets than kmsd once took in one report (1,000)
+
+
+async def big_application(api: Api, reader: Identity) -> None:
+    """prod/big with BIG secrets, written the ordinary way (SM, then metadata), 16 at a time."""
+    await api.ok("PUT", "/v1/nodes/prod/big?parents=true")
+    limit = asyncio.Semaphore(16)
+
+    async def put(i: int) -> None:
+        async with limit:
+            await api.put_json(f"prod/big/s{i:04d}", {"n": str(i)})
+
+    await asyncio.gather(*(put(i) for i in range(BIG)))
+    await api.grant(reader.arn, "prod/big", "read")
+
+
+async def stored_row(client: App, db: asyncpg.Connection, path: str) -> Any:
+    await client.app[ADOPTION].flush()
+    return await db.fetchrow(
+        "SELECT held::text AS held, versions::text AS versions, reports_digest, last_seen"
+        " FROM adoption WHERE path = $1 AND instance_id = 'i-agent'",
+        path,
+    )
+
+
+async def until_stored(
+    client: App, db: asyncpg.Connection, path: str, check: Callable[[Any], bool]
+) -> Any:
+    """The agent's adoption row once ``check`` holds for it (10 s at most)."""
+    async with asyncio.timeout(10):
+        while not check(row := await stored_row(client, db, path)):  # noqa: ASYNC110 - a query
+            await asyncio.sleep(0.02)
+    return row
+
+
+@pytest.mark.timeout(180)
+async def test_an_agent_of_1500_secrets_reports_them_once_then_polls_with_their_digest(
+    api: Api, client: App, reader: Identity, moto_endpoint: str, db: asyncpg.Connection
+) -> None:
+    await big_application(api, reader)
+    async with running_agent(
+        client, reader, moto_endpoint, ["prod/big"], poll_timeout_s=1.0
+    ) as agent:
+        state = agent.paths["prod/big"]
+        await eventually(lambda: len(served(agent, "prod/big")()) == BIG, within=90)
+        row = await until_stored(client, db, "prod/big", lambda r: r is not None)
+        assert orjson.loads(row["held"]) == served(agent, "prod/big")()
+        assert len(orjson.loads(row["versions"])) == BIG
+        # Answered: from now on the polls carry the digest alone, and keep the row live.
+        await eventually(lambda: state.reports_taken == row["reports_digest"])
+        body, _ = watch_body(agent.report(state), state.reports_taken)
+        assert sorted(body) == ["instance_id", "path", "path_version", "reports_digest"]
+        assert len(orjson.dumps(body)) < 200
+        polls = agent.stats["polls"]
+        await eventually(lambda: agent.stats["polls"] >= polls + 2)
+        later = await until_stored(
+            client, db, "prod/big", lambda r: r["last_seen"] > row["last_seen"]
+        )
+        assert (later["held"], later["versions"]) == (row["held"], row["versions"])
+        assert later["reports_digest"] == row["reports_digest"]
+
+        # A rotation's first gate reads those reports: the owner's agent fetches the pending
+        # version, its reports change, it sends them in full, and the gate is met.
+        rot = await api.ok(
+            "POST",
+            "/v1/rotations",
+            json={"path": "prod/big", "name": "s0042", "value": {"n": "new"}},
+        )
+        await until_stored(
+            client,
+            db,
+            "prod/big",
+            lambda r: rot["new_version"] in orjson.loads(r["versions"])["s0042"],
+        )
+        gate = (await api.ok("GET", f"/v1/rotations/{rot['id']}"))["gate"]
+        assert (gate["met"], [i["instance_id"] for i in gate["held"]]) == (True, ["i-agent"])
+        assert agent.stats["errors"] == 0  # not one poll refused
+
+
+async def test_an_agent_asked_for_its_reports_sends_them_in_full(
+    api: Api, client: App, reader: Identity, moto_endpoint: str, db: asyncpg.Connection
+) -> None:
+    first = await shop(api, reader)
+    async with running_agent(
+        client, reader, moto_endpoint, ["prod/shop"], poll_timeout_s=1.0
+    ) as agent:
+        state = agent.paths["prod/shop"]
+        row = await until_stored(client, db, "prod/shop", lambda r: r is not None)
+        await eventually(lambda: state.reports_taken == row["reports_digest"])
+        # Forgotten by an operator: the agent's next digest names reports kmsd no longer has.
+        await api.ok("DELETE", "/v1/adoption/prod/shop?instance=i-agent")
+        back = await until_stored(client, db, "prod/shop", lambda r: r is not None)
+        assert orjson.loads(back["held"]) == {"db": first}
+        assert back["reports_digest"] == row["reports_digest"]
+        requests = client.app[METRICS].requests
+        assert requests.labels("POST", "/v1/watch", "409")._value.get() >= 1
+        await eventually(lambda: state.reports_taken == row["reports_digest"])
+        assert agent.stats["errors"] == 0

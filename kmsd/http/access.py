@@ -25,7 +25,14 @@ from kmsd.domain.inputs import parse_id
 from kmsd.domain.names import NodePath
 from kmsd.domain.signin import Principal
 from kmsd.errors import Forbidden, InvalidInput, NotFound
-from kmsd.http.common import AUDIT_TARGET, CLIENT_IP, json_body, json_response, principal
+from kmsd.http.common import (
+    AUDIT_DENIED,
+    AUDIT_TARGET,
+    CLIENT_IP,
+    json_body,
+    json_response,
+    principal,
+)
 from kmsd.keys import BINDINGS, POOL, SETTINGS
 
 
@@ -143,6 +150,10 @@ async def revoke(request: web.Request) -> web.Response:
         raise NotFound(f"binding {binding_id} does not exist")
     # The prefix first, so `audit list --path` finds it; the id, so the row says which binding.
     request[AUDIT_TARGET] = f"{row['prefix']} binding {binding_id}"
+    if not await may(request, "view", row["prefix"]):
+        # Who cannot even see the prefix learns nothing, not even that the id exists.
+        request[AUDIT_DENIED] = True
+        raise NotFound(f"binding {binding_id} does not exist")
     await authorize(request, "admin", row["prefix"])
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(bindings_db.DELETE, binding_id)

@@ -271,3 +271,23 @@ async def test_body_limits_and_unknown_fields(api: Api) -> None:
         json={"path": "prod/pay", "path_version": 0, "instance_id": "i", "extra": True},
     )
     assert status == 400
+
+
+async def test_a_binding_one_cannot_see_is_not_there(
+    api: Api, reader_api: Api, reader: Identity, db: asyncpg.Connection
+) -> None:
+    await _tree(api)
+    hidden = await api.grant(f"arn:aws:iam::{ACCOUNT}:role/shop-hosts", "prod/shop", "read")
+    await api.grant(reader.arn, "prod/pay", "view")
+    missing_status, missing = await reader_api.call("DELETE", "/v1/bindings/987654321")
+    status, problem = await reader_api.call("DELETE", f"/v1/bindings/{hidden['id']}")
+    assert (status, missing_status) == (404, 404)
+    assert problem["detail"] == missing["detail"].replace("987654321", str(hidden["id"]))
+    row = await _denied_row(db)
+    assert (row["action"], row["outcome"], row["status"]) == ("binding.revoke", "denied", 404)
+    assert row["target"] == f"prod/shop binding {hidden['id']}"
+    # Seeing the prefix without administering it: refused as such, and nothing revoked.
+    pay = await api.grant(f"arn:aws:iam::{ACCOUNT}:role/pay-hosts", "prod/pay", "read")
+    assert (await reader_api.call("DELETE", f"/v1/bindings/{pay['id']}"))[0] == 403
+    ids = {b["id"] for b in (await api.ok("GET", "/v1/bindings"))["bindings"]}
+    assert {hidden["id"], pay["id"]} <= ids

@@ -74,7 +74,9 @@ async def _quarantined(request: web.Request) -> asyncpg.Record:
         row = await pool.fetchrow(ONE, QUARANTINE_AFTER, row_id)
     request[AUDIT_TARGET] = f"outbox {request.match_info['id'][:40]}"
     if row is not None:
-        request[AUDIT_TARGET] = f"{row['path']}/{row['name']}" if row["path"] else row["sm_name"]
+        # What it is about first, so `audit list --path` finds it; then which write.
+        about = f"{row['path']}/{row['name']}" if row["path"] else row["sm_name"]
+        request[AUDIT_TARGET] = f"{about} outbox {row['id']}"
         if not await may(request, "view", _scope(row)):
             row = None  # what the caller cannot view is not there, to the caller
     if row is None:

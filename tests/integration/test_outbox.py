@@ -98,8 +98,10 @@ async def test_a_discarded_write_is_gone_and_audited(api: Api, db: asyncpg.Conne
         " ORDER BY seq",
         watermark,
     )
-    assert [r["outcome"] for r in rows] == ["attempt", "allowed"]
-    assert rows[-1]["target"] == f"{PATH}/db"
+    assert [(r["target"], r["outcome"]) for r in rows] == [
+        (f"outbox {stuck}", "attempt"),
+        (f"{PATH}/db outbox {stuck}", "allowed"),
+    ]
 
 
 async def test_only_quarantined_writes_are_retried_or_discarded(

@@ -43,6 +43,15 @@ DEFAULT_RECONCILE_MIN_AGE_S = 120.0
 # than the timeout: a frozen backend or a silent network drop is noticed within seconds.
 DEFAULT_LISTEN_PING_S = 2.0
 DEFAULT_LISTEN_PING_TIMEOUT_S = 3.0
+# Hostile connections (docs/connections.md): a request's line and headers must be in within
+# the header timeout (a new connection's clock starts at accept), its body within the body
+# timeout of its headers plus a second per 64 KiB received (a minimum rate with a head start:
+# no honest client is slower). Held polls are not affected: their body is read before the hold.
+# At most this many connections per source address may be open without having delivered a
+# complete request.
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_MAX_PENDING_PER_IP = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,10 @@ class Settings:
     reconcile_min_age_s: float = DEFAULT_RECONCILE_MIN_AGE_S
     listen_ping_s: float = DEFAULT_LISTEN_PING_S
     listen_ping_timeout_s: float = DEFAULT_LISTEN_PING_TIMEOUT_S
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_connections: int | None = None  # None: derived from RLIMIT_NOFILE (kmsd.domain.conncap)
+    max_pending_per_ip: int = DEFAULT_MAX_PENDING_PER_IP
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -170,6 +183,17 @@ class Settings:
             listen_ping_s=_env_seconds(env, "KMSD_LISTEN_PING", DEFAULT_LISTEN_PING_S),
             listen_ping_timeout_s=_env_seconds(
                 env, "KMSD_LISTEN_PING_TIMEOUT", DEFAULT_LISTEN_PING_TIMEOUT_S
+            ),
+            header_timeout_s=_env_seconds(env, "KMSD_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_S),
+            body_timeout_s=_env_seconds(env, "KMSD_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S),
+            max_connections=(
+                _int(env["KMSD_MAX_CONNECTIONS"], "KMSD_MAX_CONNECTIONS")
+                if env.get("KMSD_MAX_CONNECTIONS")
+                else None
+            ),
+            max_pending_per_ip=_int(
+                env.get("KMSD_MAX_PENDING_PER_IP", str(DEFAULT_MAX_PENDING_PER_IP)),
+                "KMSD_MAX_PENDING_PER_IP",
             ),
         )
         for pattern in settings.admins:

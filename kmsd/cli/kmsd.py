@@ -27,7 +27,8 @@ from kmsd.db.connect import DatabaseStartError, describe, redact_dsn, wait_for_d
 from kmsd.db.migrate import migrate
 from kmsd.domain.profile import load_profile
 from kmsd.errors import ConfigError
-from kmsd.logs import configure
+from kmsd.http.server import GuardedSite, guard_for, limits_fields
+from kmsd.logs import LoopExceptions, configure
 
 log = structlog.get_logger("kmsd")
 
@@ -49,6 +50,10 @@ async def serve_until_signalled(
     settings: Settings, on_ready: Callable[[], Awaitable[None] | None] | None = None
 ) -> None:
     """Run the app until SIGINT or SIGTERM, then shut down cleanly."""
+    loop = asyncio.get_running_loop()
+    # asyncio's own reports ("Task exception was never retrieved", ...) would print the repr
+    # of a task or callback, request bytes among them: a fixed event and the class instead.
+    loop.set_exception_handler(LoopExceptions())
     # handler_cancellation: a client that hangs up mid-poll cancels its handler, which removes
     # its waiter at once instead of leaving it held until its deadline.
     runner = web.AppRunner(
@@ -72,9 +77,14 @@ async def serve_until_signalled(
     # 10,000 held polls scan only what the polls allocate (bench/README.md: 0.4 s pauses).
     gc.collect()
     gc.freeze()
+    # kmsd's own accept loop (kmsd.http.server): a cap on connections below the descriptor
+    # limit, header and body timeouts, shedding of connections that only wait on their client.
     # A fleet reconnecting after a restart arrives at once; the default backlog (128) drops
     # connects and costs each dropped client a one-second SYN retry.
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=LISTEN_BACKLOG)
+    guard, cap = guard_for(settings)
+    site = GuardedSite(
+        runner, settings.listen_host, settings.listen_port, guard, backlog=LISTEN_BACKLOG
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -82,8 +92,12 @@ async def serve_until_signalled(
         raise StartupFailed(
             f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}"
         ) from None
+    if cap.within_fd_limit:
+        log.info("connection_limits", **limits_fields(cap, settings))
+    else:
+        # Still serving: at the limit, accept() failures are met by shedding and back-off.
+        log.warning("connection_limits_above_fd_limit", **limits_fields(cap, settings))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("kmsd_listening", host=settings.listen_host, port=settings.listen_port)

@@ -219,3 +219,46 @@ def test_settings_are_frozen() -> None:
 def test_non_positive_numbers_are_refused(name: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(env(**{name: raw}))
+
+
+# Hostile connections: header and body timeouts, the connection cap, unproven per address.
+
+
+def test_connection_limits_default() -> None:
+    s = Settings.from_env(env())
+    assert (s.header_timeout_s, s.body_timeout_s) == (10.0, 30.0)
+    assert s.max_connections is None  # derived from RLIMIT_NOFILE at start-up
+    assert s.max_pending_per_ip == 64
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "field", "value"),
+    [
+        ("KMSD_HEADER_TIMEOUT", "2.5", "header_timeout_s", 2.5),
+        ("KMSD_BODY_TIMEOUT", "120", "body_timeout_s", 120.0),
+        ("KMSD_MAX_CONNECTIONS", "5000", "max_connections", 5000),
+        ("KMSD_MAX_CONNECTIONS", "", "max_connections", None),
+        ("KMSD_MAX_PENDING_PER_IP", "8", "max_pending_per_ip", 8),
+    ],
+)
+def test_connection_limits_are_read(name: str, raw: str, field: str, value: object) -> None:
+    assert getattr(Settings.from_env(env(**{name: raw})), field) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("KMSD_HEADER_TIMEOUT", "0"),
+        ("KMSD_HEADER_TIMEOUT", "ten"),
+        ("KMSD_HEADER_TIMEOUT", "7200"),
+        ("KMSD_BODY_TIMEOUT", "-1"),
+        ("KMSD_BODY_TIMEOUT", "nan"),
+        ("KMSD_MAX_CONNECTIONS", "0"),
+        ("KMSD_MAX_CONNECTIONS", "many"),
+        ("KMSD_MAX_PENDING_PER_IP", "0"),
+        ("KMSD_MAX_PENDING_PER_IP", "1.5"),
+    ],
+)
+def test_bad_connection_limits_are_named(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env(**{name: raw}))

@@ -130,6 +130,9 @@ class AdoptionBuffer:
         # Keyed by principal too: a report by another principal under the same instance id
         # must not replace the owner's before the database decides whose slot it is.
         self._pending: dict[tuple[str, str, str], Report] = {}
+        # One flush at a time: a flush asked for while the periodic one writes waits for it,
+        # so "flush, then read the table" (GET /v1/adoption) sees every report made before.
+        self._flushing = asyncio.Lock()
 
     def report(self, report: Report) -> None:
         self._pending[report.key] = merged(self._pending.get(report.key), report)
@@ -149,6 +152,10 @@ class AdoptionBuffer:
 
     async def flush(self) -> int:
         """Write every pending report in one statement; return how many."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         if not self._pending:
             return 0
         batch, self._pending = list(self._pending.values()), {}

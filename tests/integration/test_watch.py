@@ -268,6 +268,21 @@ async def test_adoption_merges_what_all_replicas_flushed(
     assert len({i["replica"] for i in report["instances"]}) == 1  # same host:pid in tests
 
 
+async def test_a_flush_returns_only_once_the_one_in_flight_is_written(
+    api: Api, client: App, db: asyncpg.Connection
+) -> None:
+    """GET /v1/adoption and the tests flush, then read: the periodic flush may hold the batch."""
+    version = await _tree(api)
+    assert (await poll(api, "prod/pay/eu", version, hold=0))[0] == 304
+    buffer = client.app[ADOPTION]
+    in_flight = asyncio.ensure_future(buffer.flush())  # as the periodic flusher would
+    await eventually(lambda: not buffer._pending)  # it has taken the report
+    assert await buffer.flush() == 0  # nothing left to write ...
+    assert in_flight.done()  # ... and it waited for what was being written
+    assert await in_flight == 1
+    assert await stored(db, "prod/pay/eu") is not None
+
+
 async def test_shutdown_answers_held_polls_with_retry_after(api: Api, client: App) -> None:
     version = await _tree(api)
     waiting = asyncio.create_task(

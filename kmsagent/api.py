@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -25,6 +26,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kmsagent.metrics import registry_for
+from kmsagent.peers import peer_process
 from kmsagent.state import (
     STAGES,
     PathView,
@@ -150,15 +152,34 @@ def _json(doc: Any, headers: dict[str, str], status: int = 200) -> web.Response:
     )
 
 
-def _remember(request: web.Request, state: PathState, read: dict[str, str]) -> None:
-    """Note which versions the calling process read (``X-App-Process-Id``), for adoption."""
+# Per connection, the process at its other end (looked up once: on TCP it costs a /proc scan).
+_PEERS: weakref.WeakKeyDictionary[asyncio.BaseTransport, str | None] = weakref.WeakKeyDictionary()
+
+
+def reader_process(request: web.Request) -> str | None:
+    """Who reads: ``X-App-Process-Id`` if sent, else the connection's peer (``PID@START``)."""
     pid = request.headers.get(PROCESS_HEADER)
-    if pid is None or not read:
+    if pid is not None:
+        if not _PID_RE.fullmatch(pid):
+            raise Problem(
+                400, "Bad process id", f"{PROCESS_HEADER}: 1-64 letters, digits and . _ : @ -"
+            )
+        return pid
+    transport = request.transport
+    if transport is None:
+        return None
+    if transport not in _PEERS:
+        _PEERS[transport] = peer_process(transport.get_extra_info("socket"))
+    return _PEERS[transport]
+
+
+def _remember(request: web.Request, state: PathState, read: dict[str, str]) -> None:
+    """Note which versions the calling process read, for adoption (see :func:`reader_process`)."""
+    if not read:
         return
-    if not _PID_RE.fullmatch(pid):
-        raise Problem(
-            400, "Bad process id", f"{PROCESS_HEADER}: 1-64 letters, digits and . _ : @ -"
-        )
+    pid = reader_process(request)
+    if pid is None:
+        return
     agent = request.app[AGENT]
     if agent.reads.record(state.path, pid, read, agent.clock()):
         state.report_changed.set()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import grp
 import logging
 import os
-import secrets
 import signal
 import socket
 import stat
@@ -24,6 +22,7 @@ from aiohttp import web
 
 from kmsagent.api import local_app
 from kmsagent.aws import Reader
+from kmsagent.compat_http import compat_app
 from kmsagent.creds import (
     DEFAULT_CREDENTIALS_FILE,
     MODES,
@@ -33,7 +32,10 @@ from kmsagent.creds import (
     credentials_session,
     frozen,
 )
+from kmsagent.environ import EnvError, parse_spec
+from kmsagent.supervise import ExecConfig, Policy, PolicyError, Supervisor
 from kmsagent.sync import Agent, SyncConfig
+from kmsagent.tokens import compat_token, read_token
 from kmsagent.upstream import Kmsd
 from kmsd.aws.login import sts_endpoint_from_env
 from kmsd.domain.names import NodePath
@@ -48,10 +50,36 @@ IMDS_DEFAULT = "http://169.254.169.254"
 
 
 def parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     p = argparse.ArgumentParser(prog="kmsagent", description="kmsd's agent for every host")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sync the given paths and serve them locally")
+    _agent_options(run, socket=DEFAULT_SOCKET)
+    run_exec = sub.add_parser(
+        "exec",
+        help="run a command with secrets as environment variables, following changes",
+        description="kmsagent exec --path P [--env NAME=SECRET[.FIELD]]... [--env-all] "
+        "-- COMMAND ARGS...",
+    )
+    _agent_options(run_exec, socket="")
+    run_exec.add_argument(
+        "--env", action="append", default=[], metavar="NAME=SECRET[.FIELD]", help="repeatable"
+    )
+    run_exec.add_argument(
+        "--env-all", action="store_true", help="every secret (JSON objects: one per field)"
+    )
+    run_exec.add_argument(
+        "--on-change", default="restart", help="restart (default), signal:NAME, or none"
+    )
+    run_exec.add_argument(
+        "--restart-jitter", type=float, default=30.0, help="random delay before a restart, s"
+    )
+    run_exec.add_argument("--grace", type=float, default=10.0, help="SIGTERM to SIGKILL, s")
+    run_exec.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS")
+    return p
+
+
+def _agent_options(run: argparse.ArgumentParser, *, socket: str) -> None:
+    env = os.environ.get
     run.add_argument("--path", action="append", required=True, help="namespace/app[/node...]")
     run.add_argument("--kmsd-addr", default=env("KMSD_ADDR"), help="default: $KMSD_ADDR")
     run.add_argument("--server-id", default=env("KMSD_SERVER_ID"), help="$KMSD_SERVER_ID")
@@ -64,16 +92,29 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--region", default=env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1"
     )
-    run.add_argument("--socket", default=DEFAULT_SOCKET, help="Unix socket ('' to disable)")
+    run.add_argument("--socket", default=socket, help="Unix socket ('' to disable)")
     run.add_argument("--socket-mode", default="0660", help="octal, default 0660")
     run.add_argument("--socket-group", default=None, help="group owning the socket")
     run.add_argument("--listen-port", type=int, default=0, help="also serve 127.0.0.1:PORT")
-    run.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, help="for --listen-port")
+    run.add_argument(
+        "--token-file", default=DEFAULT_TOKEN_FILE, help="for --listen-port, --sm-compat-port"
+    )
+    run.add_argument(
+        "--sm-compat-port",
+        type=int,
+        default=env("KMSAGENT_SM_COMPAT_PORT", "0"),  # argparse applies type= to it
+        help="serve AWS's Secrets Manager Agent API and SDK reads on 127.0.0.1:PORT (AWS: 2773)",
+    )
+    run.add_argument(
+        "--no-sm-compat-sdk",
+        dest="sm_compat_sdk",
+        action="store_false",
+        help="on the compat port, serve AWS's agent API only (it demands the token), no SDK reads",
+    )
     run.add_argument("--instance-id", default=env("KMSAGENT_INSTANCE_ID"))
     run.add_argument("--poll-timeout", type=float, default=120.0, help="seconds per long poll")
     run.add_argument("--resync-interval", type=float, default=300.0, help="full re-sync, s")
     run.add_argument("--log-format", choices=("json", "console"), default="json")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -86,14 +127,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.kmsd_addr or not args.server_id:
             raise InvalidInput("set --kmsd-addr and --server-id (or KMSD_ADDR, KMSD_SERVER_ID)")
         # Before anything else: a token file that cannot be trusted stops the start-up.
-        args.token = _token(Path(args.token_file)) if args.listen_port else None
-        asyncio.run(run(args))
-    except (InvalidInput, CredentialsError, OSError) as exc:
+        args.token = read_token(Path(args.token_file)) if args.listen_port else None
+        args.compat_token = compat_token(args.token_file) if args.sm_compat_port else None
+        args.exec_config = exec_config(args) if args.command == "exec" else None
+        status = asyncio.run(run(args))
+    except (InvalidInput, CredentialsError, OSError, EnvError, PolicyError) as exc:
         print(f"kmsagent: {exc}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(status)
 
 
-async def run(args: argparse.Namespace) -> None:
+def exec_config(args: argparse.Namespace) -> ExecConfig:
+    argv = list(args.command_argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        raise InvalidInput("kmsagent exec: give the command after --")
+    if not args.env and not args.env_all:
+        raise InvalidInput("kmsagent exec: give --env NAME=SECRET[.FIELD] or --env-all")
+    return ExecConfig(
+        argv=argv,
+        specs=[parse_spec(e) for e in args.env],
+        everything=args.env_all,
+        policy=Policy.parse(args.on_change),
+        jitter_s=max(0.0, args.restart_jitter),
+        grace_s=max(0.0, args.grace),
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Sync and serve until SIGTERM (``run``) or until the command ends (``exec``); the exit
+    status."""
     creds = CredentialsConfig(
         mode=args.credentials,
         file=args.credentials_file,
@@ -105,9 +169,10 @@ async def run(args: argparse.Namespace) -> None:
     session = credentials_session(creds)
     instance_id = args.instance_id or await instance_identity(args.credentials)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if args.exec_config is None:  # exec forwards these signals to its command instead
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
         Reader(session, args.region) as reader,
@@ -134,9 +199,14 @@ async def run(args: argparse.Namespace) -> None:
         runners = await _listen(agent, args)
         log.info("kmsagent_started", paths=args.path, instance_id=instance_id, mode=creds.mode)
         syncing = asyncio.create_task(agent.run(), name="sync")
-        stopping = asyncio.create_task(stop.wait())
+        stopping: asyncio.Task[Any] = asyncio.create_task(
+            stop.wait() if args.exec_config is None else Supervisor(agent, args.exec_config).run()
+        )
+        status = 0
         try:
             await asyncio.wait({syncing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if args.exec_config is not None and stopping.done():
+                status = stopping.result()
         finally:
             syncing.cancel()
             stopping.cancel()
@@ -148,6 +218,7 @@ async def run(args: argparse.Namespace) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(args.socket)
         log.info("kmsagent_stopped")
+    return status
 
 
 def _describe(creds: CredentialsConfig, session: Any) -> dict[str, Any]:
@@ -177,7 +248,24 @@ async def _listen(agent: Agent, args: argparse.Namespace) -> list[web.AppRunner]
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", args.listen_port).start()
         runners.append(runner)
+    if args.sm_compat_port:
+        app = compat_app(agent, args.compat_token, sdk=args.sm_compat_sdk)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, _loopback_socket(args.sm_compat_port)).start()
+        runners.append(runner)
     return runners
+
+
+def _loopback_socket(port: int) -> socket.socket:
+    """127.0.0.1:PORT; every answer leaves with an IP TTL of 1, so it cannot leave the host."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)  # accepted sockets inherit it
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def _unix_socket(args: argparse.Namespace) -> socket.socket:
@@ -200,58 +288,6 @@ def _unix_socket(args: argparse.Namespace) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-def token_file_problem(mode: int, uid: int, euid: int) -> str | None:
-    """Why an existing token file cannot be trusted (from its ``lstat``/``fstat``), or None.
-
-    Whoever can read the token can defeat the SSRF fence; whoever can write it or swap the
-    file (a symlink, a file owned by another user) can choose the token.
-    """
-    if stat.S_ISLNK(mode):
-        return "is a symbolic link"
-    if not stat.S_ISREG(mode):
-        return "is not a regular file"
-    if uid != euid:
-        return f"is owned by uid {uid}, not by this agent's user (uid {euid})"
-    if mode & 0o077:
-        return f"has mode {stat.S_IMODE(mode):04o}; group and others must have no access (0600)"
-    return None
-
-
-def _token(path: Path) -> str:
-    """The SSRF token: read it from a file only this user can touch, or make one (0600)."""
-    try:
-        # O_NOFOLLOW: a symlink fails with ELOOP; O_NONBLOCK: a FIFO planted there cannot hang us.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return _new_token(path)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise InvalidInput(f"token file {path} is a symbolic link; refusing it") from None
-    try:
-        info = os.fstat(fd)  # the file opened, not whatever the path names by now
-        problem = token_file_problem(info.st_mode, info.st_uid, os.geteuid())
-        if problem is not None:
-            raise InvalidInput(f"token file {path} {problem}; refusing it")
-        token = os.read(fd, 4096).strip().decode("ascii", "replace")
-    finally:
-        os.close(fd)
-    if not token:
-        raise InvalidInput(f"token file {path} is empty; remove it to have a new one made")
-    return token
-
-
-def _new_token(path: Path) -> str:
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    # O_EXCL|O_NOFOLLOW: never write through a file or symlink someone planted meanwhile.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    fd = os.open(path, flags, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(token + "\n")
-    return token
 
 
 async def instance_identity(mode: str) -> str:

@@ -301,6 +301,10 @@ class ProcessReads:
             del procs[next(iter(procs))]
         return after != before
 
+    def forget(self, path: str, pid: str) -> None:
+        """Drop a process that is gone (a supervised child that was restarted)."""
+        self._reads.get(path, {}).pop(pid, None)
+
     def report(self, path: str, now: float) -> dict[str, dict[str, str]]:
         """``{pid: {name: version id}}`` of the processes seen recently on ``path``."""
         procs = self._reads.get(path, {})

@@ -125,6 +125,7 @@ class Agent:
         self.values: dict[ValueKey, Plain] = {}
         self.reads = ProcessReads()
         self.stats = {"swaps": 0, "polls": 0, "resyncs": 0, "errors": 0}
+        self._refreshing: asyncio.Future[None] | None = None
 
     # -- the loops ---------------------------------------------------------------------------
 
@@ -220,8 +221,11 @@ class Agent:
         state.upstream = "ok"
         state.error = None
 
-    async def _adopt(self, state: PathState, doc: dict[str, Any]) -> None:
-        """Fetch what ``doc`` needs; publish the whole new view, or keep the old one."""
+    async def _adopt(self, state: PathState, doc: dict[str, Any], *, newer: bool = False) -> None:
+        """Fetch what ``doc`` needs; publish the whole new view, or keep the old one.
+
+        ``newer``: publish only a view newer than the one served by then (a refresh racing
+        the sync loop must not put back what the loop has just replaced)."""
         if state.view is not None and doc.get("hash") == state.view.hash:
             if doc.get("path_version") != state.view.path_version:
                 self.publish(state, build_view(doc, self.values))  # same set, newer version
@@ -233,7 +237,30 @@ class Agent:
         self.values.update(values)  # a version's value never changes: keep what arrived
         if failures:
             raise failures[0]
-        self.publish(state, build_view(doc, {**have, **values}))
+        view = build_view(doc, {**have, **values})
+        if newer and state.view is not None and state.view.path_version >= view.path_version:
+            return
+        self.publish(state, view)
+
+    async def refresh_all(self) -> None:
+        """Ask kmsd for every path's effective set now and serve whatever is newer (the
+        compat API's ``refreshNow``). Concurrent callers share one round of requests; a
+        failure leaves the cache as it is, which is what the sync loop goes on serving."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh_all())
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh_all(self) -> None:
+        for state in self.paths.values():
+            try:
+                doc = await self.kmsd.effective(state.path)
+                version = doc.get("path_version")
+                if state.view is None or (
+                    isinstance(version, int) and version > state.view.path_version
+                ):
+                    await self._adopt(state, doc, newer=True)
+            except (Unavailable, Refused, FetchFailed, CredentialsError, BadDocument) as exc:
+                log.info("refresh_failed", path=state.path, error=type(exc).__name__)
 
     def publish(self, state: PathState, view: PathView) -> None:
         before = state.view

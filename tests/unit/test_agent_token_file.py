@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kmsagent.cli import _token, token_file_problem
+from kmsagent.tokens import read_token, token_file_problem
 from kmsd.errors import InvalidInput
 
 ME = 1000
@@ -42,10 +42,10 @@ def test_which_token_files_are_trusted(mode: int, uid: int, reason: str | None) 
 
 def test_a_new_token_file_is_made_0600_and_then_read_back(tmp_path: Path) -> None:
     path = tmp_path / "run" / "token"
-    token = _token(path)
+    token = read_token(path)
     assert len(token) >= 43  # 256 bits
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert _token(path) == token
+    assert read_token(path) == token
 
 
 def test_a_symlink_planted_at_the_path_is_refused_and_not_written_through(
@@ -55,7 +55,7 @@ def test_a_symlink_planted_at_the_path_is_refused_and_not_written_through(
     path = tmp_path / "token"
     path.symlink_to(target)  # dangling: the old code created `target` through it
     with pytest.raises(InvalidInput, match="symbolic link"):
-        _token(path)
+        read_token(path)
     assert not target.exists()
 
 
@@ -64,4 +64,4 @@ def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
     path.write_text("known-to-everyone\n")
     os.chmod(path, 0o644)
     with pytest.raises(InvalidInput, match="mode 0644"):
-        _token(path)
+        read_token(path)

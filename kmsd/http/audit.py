@@ -21,7 +21,7 @@ from kmsd.db.audit import AuditUnavailable
 from kmsd.domain.audit import AuditEntry, outcome_of
 from kmsd.domain.audit_target import attempt_target, reads_body
 from kmsd.domain.inputs import parse_id
-from kmsd.errors import KmsError, Unavailable
+from kmsd.errors import Unavailable
 from kmsd.http.common import (
     AUDIT_CLAIMED,
     AUDIT_DENIED,
@@ -162,10 +162,12 @@ async def write_attempt(request: web.Request) -> None:
 async def _attempt_target(request: web.Request, action: str) -> str:
     body = None
     if reads_body(action):
-        try:
-            body = await json_body(request)  # the handler reads it again, with its own rules
-        except (KmsError, web.HTTPException):  # e.g. not JSON, or over the size limit (413)
-            body = None  # refused by the handler next, with the reason
+        # A body that cannot be read whole (over the size limit, cut off, not JSON) refuses
+        # the call here, before any row: once part of the stream is consumed, the handler
+        # must never get to parse what is left of it.
+        # Read once (the handler gets the same bytes again, with its own rules); a value may
+        # hold anything, NUL included: it goes to SM, and this parse only looks for the target.
+        body = await json_body(request, opaque=frozenset({"value"}))
     known_path = None
     if action == "binding.revoke":
         wanted = parse_id(request.match_info.get("id", ""))

@@ -41,6 +41,9 @@ def kind_of(token: str) -> Kind:
 
 
 def check_kind(token: str, *, console_route: bool) -> None:
-    """A console session opens the console only; an API token opens both (kmsctl console)."""
+    """A console session opens the console only, an API token the API only: they never cross
+    (a page opens from a console link, ``kmsctl console``)."""
     if kind_of(token) is Kind.CONSOLE and not console_route:
         raise Unauthenticated("a console session opens the console only; use kmsctl for the API")
+    if kind_of(token) is Kind.API and console_route:
+        raise Unauthenticated("the console opens from a one-time link: kmsctl console")

@@ -99,7 +99,10 @@ async def authenticate(request: web.Request) -> None:
     route = resource.canonical if resource is not None else ""
     if route in PUBLIC_ROUTES or request.match_info.http_exception is not None:
         return
-    header = request.headers.get("Authorization", "")
+    given = request.headers.getall("Authorization", [])
+    if len(given) > 1:  # which line is the caller? Neither.
+        raise Unauthenticated("send one Authorization header")
+    header = given[0] if given else ""
     console_route = route.startswith("/ui/")
     if not header and console_route:
         token = request.cookies.get(CONSOLE_COOKIE, "")

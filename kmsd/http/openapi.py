@@ -376,8 +376,8 @@ def _paths() -> dict[str, dict[str, Schema]]:
     # fmt: on
 
 
-# Console pages take the session cookie from /ui/login, or a bearer token.
-_CONSOLE_SECURITY: Schema = {"security": [{"bearer": []}, {"consoleCookie": []}]}
+# Console pages take the console session's cookie from /ui/login, never an API token.
+_CONSOLE_SECURITY: Schema = {"security": [{"consoleCookie": []}]}
 
 
 def _console(

@@ -138,9 +138,11 @@ async def test_an_open_event_stream_ends_when_the_viewers_access_is_revoked(
         "POST", "/v1/rotations", json={"path": PATH, "name": "db", "value": {"password": "n"}}
     )
     grant = await api.grant(reader.arn, PATH, "view")
-    async with client.get(
-        f"/ui/rotations/{rot['id']}/events", headers=reader_api.headers
-    ) as stream:
+    # The viewer's console session, from a one-time link (the cookie lands in the client's jar).
+    link = await reader_api.ok("POST", "/v1/console/links")
+    async with client.get(link["path"], allow_redirects=False) as opened:
+        assert opened.status in (302, 303), opened.status
+    async with client.get(f"/ui/rotations/{rot['id']}/events") as stream:
         assert stream.status == 200
         first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 10)
         assert first.startswith(b"data: ")

@@ -228,9 +228,12 @@ class Documented:
         )
         self.seen: set[tuple[str, str]] = set()
 
-    async def __call__(self, method: str, template: str, url: str, **kw: Any) -> Any:
+    async def __call__(
+        self, method: str, template: str, url: str, headers: Any = None, **kw: Any
+    ) -> Any:
+        sent = self.api.headers if headers is None else headers
         async with self.api.client.request(
-            method, url, headers=self.api.headers, allow_redirects=False, **kw
+            method, url, headers=sent, allow_redirects=False, **kw
         ) as resp:
             raw = await resp.read()
             status, media = resp.status, resp.content_type
@@ -312,10 +315,12 @@ async def test_answers_are_what_the_document_says(
     await call("GET", "/v1/rotations/{id}", f"/v1/rotations/{rot['id']}")
     await call("POST", "/v1/rotations/{id}/{verb}", f"/v1/rotations/{rot['id']}/pause")
     await call("POST", "/v1/rotations/{id}/{verb}", f"/v1/rotations/{rot['id']}/advance")
-    await call("GET", "/ui/rotations", "/ui/rotations")
-    await call("GET", "/ui/rotations/{id}", f"/ui/rotations/{rot['id']}")
     link = await call("POST", "/v1/console/links", "/v1/console/links")
-    await call("GET", "/ui/login", link["path"])
+    await call("GET", "/ui/login", link["path"], headers={})
+    # The pages open with the console session's cookie alone (an API token opens no page).
+    assert isinstance(await call("GET", "/ui/rotations", "/ui/rotations", headers={}), str)
+    page = await call("GET", "/ui/rotations/{id}", f"/ui/rotations/{rot['id']}", headers={})
+    assert isinstance(page, str)
     await call("DELETE", "/v1/adoption/{path}", f"/v1/adoption/{node}?instance=i-1")
     await call("DELETE", "/v1/adoption/{path}", f"/v1/adoption/{node}?instance=i-1")
     grant = {"principal": reader.arn, "path": app, "permission": "read"}

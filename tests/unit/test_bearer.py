@@ -55,7 +55,8 @@ def test_kinds_never_cross() -> None:
     assert kind_of(CONSOLE) is Kind.CONSOLE
     assert kind_of(TOKEN) is Kind.API
     check_kind(CONSOLE, console_route=True)
-    check_kind(TOKEN, console_route=True)
     check_kind(TOKEN, console_route=False)
     with pytest.raises(Unauthenticated, match="console only"):
         check_kind(CONSOLE, console_route=False)
+    with pytest.raises(Unauthenticated, match="one-time link"):
+        check_kind(TOKEN, console_route=True)

@@ -7,7 +7,7 @@ from xml.etree import ElementTree
 import aiohttp
 import structlog
 
-from kmsd.domain.signin import LoginRequest
+from kmsd.domain.signin import LoginRequest, forwarded_headers
 from kmsd.errors import LoginRejected, UpstreamError
 
 log = structlog.get_logger(__name__)
@@ -21,7 +21,7 @@ _HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-enco
 
 async def caller_arn(http: aiohttp.ClientSession, sts_endpoint: str, req: LoginRequest) -> str:
     """Send ``req`` to ``sts_endpoint`` (never to a host from the request) and return the ARN."""
-    headers = {k: v for k, v in req.headers.items() if k not in _HOP_HEADERS}
+    headers = forwarded_headers(req.headers, _HOP_HEADERS)
     try:
         async with http.post(
             sts_endpoint.rstrip("/") + "/", data=req.body, headers=headers, timeout=STS_TIMEOUT

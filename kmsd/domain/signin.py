@@ -142,6 +142,9 @@ def check_login(
         raise LoginRejected("the signed Host header does not match this server's STS endpoint")
     _check_body(req.body)
     signed = _signed_headers(req.headers)
+    for name in sorted(BODY_HEADERS & set(req.headers) - signed):
+        # STS would read another body than the one checked above.
+        raise LoginRejected(f"{name} must be covered by the signature (or left out)")
     if SERVER_ID_HEADER not in signed:
         raise LoginRejected("X-Kmsd-Server-Id must be present and covered by the signature")
     if req.headers.get(SERVER_ID_HEADER) != server_id:
@@ -183,6 +186,17 @@ def _signed_headers(headers: Mapping[str, str]) -> frozenset[str]:
     if not match["cred"].endswith("/sts/aws4_request"):
         raise LoginRejected("the request is not signed for the STS service")
     return frozenset(match["signed"].split(";"))
+
+
+# Headers that change how a body is read: present only if the signature covers them.
+BODY_HEADERS = frozenset({"content-encoding", "content-type", "transfer-encoding"})
+
+
+def forwarded_headers(headers: Mapping[str, str], hop: frozenset[str]) -> dict[str, str]:
+    """What goes on to STS: the signature and the headers it covers, nothing unsigned (an
+    unsigned Content-Encoding would make STS read another body than the one checked here)."""
+    signed = _signed_headers(headers) | {"authorization"}
+    return {k: v for k, v in headers.items() if k in signed and k not in hop}
 
 
 def claimed_key_id(headers: Mapping[str, str]) -> str:

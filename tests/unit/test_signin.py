@@ -19,6 +19,7 @@ from kmsd.domain.signin import (
     LoginRequest,
     Principal,
     check_login,
+    forwarded_headers,
     principal_from_arn,
     replay_key,
 )
@@ -284,6 +285,15 @@ REJECTED: dict[str, tuple[Tamper, str]] = {
     "header with no value": (_set_header("X-Amz-Date", []), "exactly one string value"),
     "header with a number": (_set_header("X-Amz-Date", [20250101]), "exactly one string value"),
     "header given twice in two cases": (_duplicate_date_header, "more than once"),
+    # headers that change how STS reads the body, not covered by the signature
+    "unsigned Content-Encoding": (
+        _set_header("Content-Encoding", ["gzip"]),
+        "content-encoding must be covered by the signature",
+    ),
+    "unsigned Transfer-Encoding": (
+        _set_header("Transfer-Encoding", ["chunked"]),
+        "transfer-encoding must be covered by the signature",
+    ),
 }
 
 
@@ -463,3 +473,12 @@ def test_two_signings_have_two_keys() -> None:
 def test_no_signature_no_key(authorization: str) -> None:
     with pytest.raises(LoginRejected, match="SigV4"):
         replay_key({"authorization": authorization})
+
+
+def test_only_the_signature_and_what_it_covers_go_to_sts(parts: Parts) -> None:
+    headers = {**parts.headers, "User-Agent": ["curl"], "X-Extra": ["1"]}
+    req = LoginRequest("POST", STS + "/", b"", {k.lower(): v[0] for k, v in headers.items()})
+    sent = forwarded_headers(req.headers, frozenset({"host"}))
+    assert set(sent) == {"authorization", "content-type", "x-amz-date", "x-kmsd-server-id"} | (
+        {"x-kmsd-nonce"} if "x-kmsd-nonce" in req.headers else set()
+    )

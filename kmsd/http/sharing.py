@@ -13,9 +13,10 @@ from aiohttp import web
 from kmsd.db import Conn, store
 from kmsd.db.changes import record_change
 from kmsd.domain.names import NodePath, check_segment
+from kmsd.domain.signin import Principal
 from kmsd.errors import Conflict, InvalidInput, NotFound
-from kmsd.http.access import authorize
-from kmsd.http.common import AUDIT_TARGET, flag, json_body, json_response
+from kmsd.http.access import authorize, may
+from kmsd.http.common import AUDIT_DENIED, AUDIT_TARGET, flag, json_body, json_response
 from kmsd.keys import POOL
 
 INSERT_SHARE = """
@@ -64,12 +65,21 @@ async def _secret_row(conn: Conn, path: NodePath, name: str) -> tuple[int, int]:
     return node["id"], row["id"]
 
 
+async def _authorize_owner(request: web.Request, path: NodePath, name: str) -> Principal:
+    """Edit on the shared secret's node; who cannot even view it learns nothing of it (the
+    answer a missing secret gets)."""
+    if not await may(request, "view", str(path)):
+        request[AUDIT_DENIED] = True
+        raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
+    return await authorize(request, "edit", str(path))
+
+
 async def share(request: web.Request) -> web.Response:
     doc = await json_body(request, allowed={"secret", "to"})
     path, name = _secret_ref(doc.get("secret"), "'secret'")
     app = _app(doc.get("to"))
     request[AUDIT_TARGET] = f"{path}/{name}"
-    who = await authorize(request, "edit", str(path))
+    who = await _authorize_owner(request, path, name)
     if path.application == app:
         raise InvalidInput("a secret is already visible to its own application")
     async with request.app[POOL].acquire() as conn, conn.transaction():
@@ -83,7 +93,7 @@ async def unshare(request: web.Request) -> web.Response:
     path, name = _secret_ref(request.query.get("secret"), "'secret'")
     app = _app(request.query.get("to"))
     request[AUDIT_TARGET] = f"{path}/{name}"
-    await authorize(request, "edit", str(path))
+    await _authorize_owner(request, path, name)
     remove_refs = flag(request, "remove_refs")
     async with request.app[POOL].acquire() as conn, conn.transaction():
         _, secret_id = await _secret_row(conn, path, name)

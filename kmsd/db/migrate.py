@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 # Arbitrary, fixed: "kmsd" in ASCII. Every replica must use the same key.
 MIGRATION_LOCK_KEY = 0x6B6D7364
-_FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_FILE_RE = re.compile(r"^([0-9]{4})_[a-z0-9_]+\.sql$")
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS kmsd_migrations (

@@ -36,7 +36,7 @@ GRANTS: dict[str, frozenset[str]] = {
 }
 ROOT = "*"  # the prefix that covers every path
 _PATTERN_RE = re.compile(
-    r"^arn:(?:aws|aws-cn|aws-us-gov):iam::\d{12}:(?:role|user)/[A-Za-z0-9+=,.@_/*-]{1,512}$"
+    r"^arn:(?:aws|aws-cn|aws-us-gov):iam::[0-9]{12}:(?:role|user)/[A-Za-z0-9+=,.@_/*-]{1,512}$"
 )
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

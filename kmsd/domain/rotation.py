@@ -41,7 +41,7 @@ CURRENT, PENDING, PREVIOUS, REVOKED = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS",
 MANAGED_LABELS = (CURRENT, PENDING, PREVIOUS, REVOKED)
 LABEL_OF_STAGE = {"current": CURRENT, "pending": PENDING, "previous": PREVIOUS, "revoked": REVOKED}
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")  # ASCII digits only
 DEFAULT_GATE_TIMEOUT = timedelta(hours=1)
 LEAKED_GATE_TIMEOUT = timedelta(minutes=5)
 

@@ -86,7 +86,7 @@ async def login(request: web.Request) -> web.Response:
     request[PRINCIPAL] = who
     # Only a page of this console (no scheme, no host): never an open redirect.
     target = request.query.get("next", "")
-    if not re.fullmatch(r"/ui/rotations(/\d+)?", target):
+    if not re.fullmatch(r"/ui/rotations(/[0-9]+)?", target):
         target = "/ui/rotations"
     response = web.Response(status=303, headers={"Location": target})
     response.set_cookie(

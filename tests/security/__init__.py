@@ -22,12 +22,11 @@ the suite once it starts passing, so the marker goes when the fix lands.
 6   a rotation that writes a value     test_rotation_values.py
 7   sign-in replay                     test_signin_replay.py
 8   inputs that once answered 500      test_no_500.py
-9   exhaustion                         TODO: slow headers, slow bodies, connection caps,
-                                       the fd limit (being fixed elsewhere)
+9   exhaustion                         test_exhaustion.py (a kmsd of its own, small caps;
+                                       the fd limit: tests/e2e/test_conn_exhaustion.py)
 10  fence gaps                         test_fences.py
 11  the agent against a hostile kmsd   test_agent.py
-12  secrets at rest                    TODO: webhook keys, the dev superuser (being
-                                       fixed elsewhere)
+12  secrets at rest                    test_at_rest.py
 ==  =================================  ================================================
 
 Run it against another tree's kmsd (e.g. the one a review attacked) with

@@ -188,3 +188,21 @@ async def snapshot(conn: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]
         rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY 1")  # noqa: S608 - fixed names
         out[table] = [tuple(r) for r in rows]
     return out
+
+
+def intent_doc(path: str, name: str, sm_name: str, *, stage: str = "current") -> dict[str, Any]:
+    """An outbox intent as a put of a JSON secret commits it (before SM is asked)."""
+    return {
+        "path": path,
+        "name": name,
+        "kind": "json",
+        "sm_name": sm_name,
+        "created_by": "test",
+        "description": "",
+        "tags": {},
+        "expires_at": None,
+        "spec": None,
+        "public_key": None,
+        "stage": stage,
+        "rotation": None,
+    }

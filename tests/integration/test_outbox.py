@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from kmsd.keys import POOL, SM
 from kmsd.services.reconcile import QUARANTINE_AFTER, reconcile
 from tests.conftest import Identity
-from tests.integration.conftest import Api
+from tests.integration.conftest import Api, intent_doc
 
 App = TestClient[web.Request, web.Application]
 PATH = "prod/pay"
@@ -30,20 +30,7 @@ async def _secret(api: Api) -> str:
 
 async def _in_doubt(db: asyncpg.Connection, sm_name: str, *, attempts: int = 0) -> int:
     """A put left in doubt (SM's answer lost), having failed ``attempts`` reconcile passes."""
-    intent = {
-        "path": PATH,
-        "name": "db",
-        "kind": "json",
-        "sm_name": sm_name,
-        "created_by": "test",
-        "description": "",
-        "tags": {},
-        "expires_at": None,
-        "spec": None,
-        "public_key": None,
-        "stage": "current",
-        "rotation": None,
-    }
+    intent = intent_doc(PATH, "db", sm_name)
     row_id: int = await db.fetchval(
         "INSERT INTO sm_outbox (op, sm_name, version_id, intent, attempts, last_error)"
         " VALUES ('put', $1, $2, $3::jsonb, $4, $5) RETURNING id",

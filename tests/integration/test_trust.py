@@ -31,7 +31,7 @@ from kmsd.services import webhooks
 from kmsd.services.leadership import Leadership
 from kmsd.services.reconcile import reconcile, sweep_labels
 from tests.conftest import Identity, free_port
-from tests.integration.conftest import Api, ClientFactory, eventually, sign_in
+from tests.integration.conftest import Api, ClientFactory, eventually, intent_doc, sign_in
 
 App = TestClient[web.Request, web.Application]
 PATH = "prod/pay"
@@ -48,20 +48,7 @@ async def _secret(api: Api) -> dict[str, Any]:
 async def _intent(db: asyncpg.Connection, sm_name: str, *, stage: str = "current") -> str:
     """An intent as a put leaves it when SM's answer is lost: committed, then left in doubt."""
     version_id = str(uuid.uuid4())
-    intent = {
-        "path": PATH,
-        "name": "db",
-        "kind": "json",
-        "sm_name": sm_name,
-        "created_by": "test",
-        "description": "",
-        "tags": {},
-        "expires_at": None,
-        "spec": None,
-        "public_key": None,
-        "stage": stage,
-        "rotation": None,
-    }
+    intent = intent_doc(PATH, "db", sm_name, stage=stage)
     await db.execute(
         "INSERT INTO sm_outbox (op, sm_name, version_id, intent) VALUES ('put', $1, $2, $3::jsonb)",
         sm_name,

@@ -311,6 +311,8 @@ async def healthz(request: web.Request) -> web.Response:
     waiting = sorted(p for p, s in agent.paths.items() if s.view is None)
     if waiting:
         raise Problem(503, "Not synced", f"waiting for {waiting}", **{"Retry-After": "1"})
+    if agent.problems:
+        raise Problem(503, "Degraded", "; ".join(f"{k}: {v}" for k, v in agent.problems.items()))
     return web.Response(text="ok\n")
 
 

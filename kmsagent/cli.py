@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from kmsagent.api import local_app
-from kmsagent.aws import Reader
+from kmsagent.aws import FetchFailed, Reader
 from kmsagent.compat_http import compat_app
 from kmsagent.creds import (
     DEFAULT_CREDENTIALS_FILE,
@@ -33,10 +33,12 @@ from kmsagent.creds import (
     frozen,
 )
 from kmsagent.environ import EnvError, parse_spec
+from kmsagent.state import BadDocument, PathView
 from kmsagent.supervise import ExecConfig, Policy, PolicyError, Supervisor
 from kmsagent.sync import Agent, SyncConfig
+from kmsagent.templates import Renderer, TemplateError, TemplateSpec, follow, load_config
 from kmsagent.tokens import compat_token, read_token
-from kmsagent.upstream import Kmsd
+from kmsagent.upstream import Kmsd, Refused, Unavailable
 from kmsd.aws.login import sts_endpoint_from_env
 from kmsd.domain.names import NodePath
 from kmsd.errors import InvalidInput
@@ -61,6 +63,11 @@ def parser() -> argparse.ArgumentParser:
         "-- COMMAND ARGS...",
     )
     _agent_options(run_exec, socket="")
+    render = sub.add_parser(
+        "render", help="sync once, render the templates and exit (init containers, cron)"
+    )
+    _agent_options(render, socket="")
+    render.add_argument("--once", action="store_true", required=True, help="(the only mode)")
     run_exec.add_argument(
         "--env", action="append", default=[], metavar="NAME=SECRET[.FIELD]", help="repeatable"
     )
@@ -115,6 +122,14 @@ def _agent_options(run: argparse.ArgumentParser, *, socket: str) -> None:
     run.add_argument("--poll-timeout", type=float, default=120.0, help="seconds per long poll")
     run.add_argument("--resync-interval", type=float, default=300.0, help="full re-sync, s")
     run.add_argument("--log-format", choices=("json", "console"), default="json")
+    run.add_argument(
+        "--template",
+        action="append",
+        default=[],
+        metavar="SRC:DEST[:MODE[:COMMAND]]",
+        help="render a Jinja2 template to a file on each change (repeatable)",
+    )
+    run.add_argument("--config", help="a TOML file with [[template]] blocks")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -130,8 +145,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.token = read_token(Path(args.token_file)) if args.listen_port else None
         args.compat_token = compat_token(args.token_file) if args.sm_compat_port else None
         args.exec_config = exec_config(args) if args.command == "exec" else None
+        specs = [TemplateSpec.parse(t) for t in args.template]
+        specs += load_config(Path(args.config)) if args.config else []
+        if args.command == "render" and not specs:
+            raise InvalidInput("kmsagent render: give --template or --config")
+        args.renderer = Renderer(specs) if specs else None
         status = asyncio.run(run(args))
-    except (InvalidInput, CredentialsError, OSError, EnvError, PolicyError) as exc:
+    except (
+        InvalidInput,
+        CredentialsError,
+        OSError,
+        EnvError,
+        PolicyError,
+        TemplateError,
+    ) as exc:
         print(f"kmsagent: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(status)
@@ -196,9 +223,20 @@ async def run(args: argparse.Namespace) -> int:
             reader,
             credentials_info=lambda: _describe(creds, session),
         )
+        if args.command == "render":
+            try:
+                await agent.sync_once()
+            except (Unavailable, Refused, FetchFailed, BadDocument) as exc:
+                print(f"kmsagent: {exc}", file=sys.stderr)
+                return 1
+            ok = await args.renderer.render_all(_views(agent))
+            for what, problem in args.renderer.problems().items():
+                print(f"kmsagent: {what}: {problem}", file=sys.stderr)
+            return 0 if ok else 1
         runners = await _listen(agent, args)
         log.info("kmsagent_started", paths=args.path, instance_id=instance_id, mode=creds.mode)
         syncing = asyncio.create_task(agent.run(), name="sync")
+        rendering = asyncio.create_task(follow(agent, args.renderer)) if args.renderer else syncing
         stopping: asyncio.Task[Any] = asyncio.create_task(
             stop.wait() if args.exec_config is None else Supervisor(agent, args.exec_config).run()
         )
@@ -209,6 +247,7 @@ async def run(args: argparse.Namespace) -> int:
                 status = stopping.result()
         finally:
             syncing.cancel()
+            rendering.cancel()
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await syncing
@@ -219,6 +258,10 @@ async def run(args: argparse.Namespace) -> int:
                     os.unlink(args.socket)
         log.info("kmsagent_stopped")
     return status
+
+
+def _views(agent: Agent) -> list[PathView]:
+    return [s.view for s in agent.paths.values() if s.view is not None]
 
 
 def _describe(creds: CredentialsConfig, session: Any) -> dict[str, Any]:

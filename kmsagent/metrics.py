@@ -59,6 +59,14 @@ class AgentCollector(Collector):  # type: ignore[misc]
         aws.add_metric([], agent.reader.calls)
         yield aws
         yield CounterMetricFamily("kmsagent_logins", "Sign-ins to kmsd", value=agent.kmsd.logins)
+        problems = GaugeMetricFamily(
+            "kmsagent_problems",
+            "1 per problem /healthz reports (a failing template)",
+            labels=["what"],
+        )
+        for what in sorted(agent.problems):
+            problems.add_metric([what], 1.0)
+        yield problems
 
 
 def registry_for(agent: Agent) -> CollectorRegistry:

@@ -126,6 +126,8 @@ class Agent:
         self.reads = ProcessReads()
         self.stats = {"swaps": 0, "polls": 0, "resyncs": 0, "errors": 0}
         self._refreshing: asyncio.Future[None] | None = None
+        # What /healthz reports besides unsynced paths (a template that fails to render).
+        self.problems: dict[str, str] = {}
 
     # -- the loops ---------------------------------------------------------------------------
 
@@ -241,6 +243,11 @@ class Agent:
         if newer and state.view is not None and state.view.path_version >= view.path_version:
             return
         self.publish(state, view)
+
+    async def sync_once(self) -> None:
+        """One full sync of every path, failures raised (``kmsagent render --once``)."""
+        for state in self.paths.values():
+            await self._sync(state)
 
     async def refresh_all(self) -> None:
         """Ask kmsd for every path's effective set now and serve whatever is newer (the

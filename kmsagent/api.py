@@ -14,8 +14,10 @@ URL fetcher on the host can neither add the header nor hide that it was forwarde
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import re
+import socket
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -152,37 +154,70 @@ def _json(doc: Any, headers: dict[str, str], status: int = 200) -> web.Response:
     )
 
 
-# Per connection, the process at its other end (looked up once: on TCP it costs a /proc scan).
-_PEERS: weakref.WeakKeyDictionary[asyncio.BaseTransport, str | None] = weakref.WeakKeyDictionary()
+# One thread scans /proc for TCP peers, one lookup at a time: a burst of new connections must
+# not take the agent's CPU from the reads it serves.
+_LOOKUPS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="peers")
+# Per connection, the process at its other end: looked up once (on TCP it scans /proc).
+_PEERS: weakref.WeakKeyDictionary[
+    asyncio.BaseTransport, str | asyncio.Future[str | None] | None
+] = weakref.WeakKeyDictionary()
 
 
-def reader_process(request: web.Request) -> str | None:
-    """Who reads: ``X-App-Process-Id`` if sent, else the connection's peer (``PID@START``)."""
+def header_process(request: web.Request) -> str | None:
+    """``X-App-Process-Id`` if sent (400 when malformed)."""
     pid = request.headers.get(PROCESS_HEADER)
-    if pid is not None:
-        if not _PID_RE.fullmatch(pid):
-            raise Problem(
-                400, "Bad process id", f"{PROCESS_HEADER}: 1-64 letters, digits and . _ : @ -"
-            )
-        return pid
+    if pid is not None and not _PID_RE.fullmatch(pid):
+        raise Problem(
+            400, "Bad process id", f"{PROCESS_HEADER}: 1-64 letters, digits and . _ : @ -"
+        )
+    return pid
+
+
+def note_read(agent: Agent, request: web.Request, path: str, read: dict[str, str]) -> None:
+    """Note which versions the calling process read, for adoption: ``X-App-Process-Id``, else
+    the connection's peer (``PID@START``, :mod:`kmsagent.peers`). A loopback TCP peer is looked
+    up off the event loop, and its read noted once it is known."""
+    state = agent.paths.get(path)
+    if not read or state is None:
+        return
+
+    def record(pid: str | None) -> None:
+        if pid is not None and agent.reads.record(path, pid, read, agent.clock()):
+            state.report_changed.set()
+
+    pid = header_process(request)
     transport = request.transport
-    if transport is None:
-        return None
-    if transport not in _PEERS:
-        _PEERS[transport] = peer_process(transport.get_extra_info("socket"))
-    return _PEERS[transport]
+    if pid is not None or transport is None:
+        record(pid)
+        return
+    if transport in _PEERS:
+        known = _PEERS[transport]
+        if isinstance(known, asyncio.Future):  # a lookup of this connection is under way
+            known.add_done_callback(lambda f: record(_found(f)))
+        else:
+            record(known)
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family == socket.AF_UNIX:  # one getsockopt: no need to wait
+        _PEERS[transport] = found = peer_process(sock)
+        record(found)
+        return
+    lookup = asyncio.get_running_loop().run_in_executor(_LOOKUPS, peer_process, sock)
+    _PEERS[transport] = lookup
+
+    def done(future: asyncio.Future[str | None]) -> None:
+        _PEERS[transport] = _found(future)
+
+    lookup.add_done_callback(done)
+    lookup.add_done_callback(lambda f: record(_found(f)))
+
+
+def _found(future: asyncio.Future[str | None]) -> str | None:
+    return None if future.cancelled() or future.exception() else future.result()
 
 
 def _remember(request: web.Request, state: PathState, read: dict[str, str]) -> None:
-    """Note which versions the calling process read, for adoption (see :func:`reader_process`)."""
-    if not read:
-        return
-    pid = reader_process(request)
-    if pid is None:
-        return
-    agent = request.app[AGENT]
-    if agent.reads.record(state.path, pid, read, agent.clock()):
-        state.report_changed.set()
+    note_read(request.app[AGENT], request, state.path, read)
 
 
 def _secret(view: PathView, name: str) -> Secret:

@@ -120,6 +120,34 @@ def sm_name(arn: str) -> str:
     return _ARN_SUFFIX.sub("", tail)
 
 
+@dataclass(frozen=True, slots=True)
+class Index:
+    """One view's SM secrets by ARN and SM name, and by effective name."""
+
+    by_id: Mapping[str, Secret]
+    by_name: Mapping[str, Secret]
+
+
+# The index of each view served, built once per view (a view never changes: a new one replaces
+# it), so a read costs dictionary lookups, not a pass over every secret.
+_INDEXES: dict[int, tuple[PathView, Index]] = {}
+
+
+def index(view: PathView) -> Index:
+    cached = _INDEXES.get(id(view))
+    if cached is not None and cached[0] is view:
+        return cached[1]
+    served = {n: s for n, s in view.secrets.items() if s.kind != "datakey"}
+    by_id: dict[str, Secret] = {}
+    for secret in served.values():
+        by_id[secret.arn] = by_id[sm_name(secret.arn)] = secret
+    built = Index(by_id, served)
+    for key in [k for k, (v, _) in _INDEXES.items() if v.path == view.path]:
+        del _INDEXES[key]  # the view this one replaced
+    _INDEXES[id(view)] = (view, built)
+    return built
+
+
 def find(views: Mapping[str, PathView], secret_id: str) -> tuple[PathView, Secret]:
     """The served secret ``secret_id`` names: its ARN, its SM name, ``PATH/NAME`` (the served
     path or the node the secret lives on), or its effective name when only one served path
@@ -127,15 +155,13 @@ def find(views: Mapping[str, PathView], secret_id: str) -> tuple[PathView, Secre
     matches: list[tuple[PathView, Secret]] = []
     path, _, name = secret_id.rpartition("/")
     for view in views.values():
-        for secret in view.secrets.values():
-            if secret.kind == "datakey":
-                continue
-            if secret_id in (secret.arn, sm_name(secret.arn)):
-                return view, secret
-            if secret.name == secret_id or (
-                secret.name == name and path in (view.path, secret.source)
-            ):
-                matches.append((view, secret))
+        found = index(view)
+        secret = found.by_id.get(secret_id)
+        if secret is not None:
+            return view, secret
+        secret = found.by_name.get(secret_id) or found.by_name.get(name)
+        if secret is not None and (secret.name == secret_id or path in (view.path, secret.source)):
+            matches.append((view, secret))
     if not matches:
         raise not_found()
     if len({s.arn for _, s in matches}) > 1:

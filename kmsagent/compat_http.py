@@ -21,6 +21,7 @@ on the host (see docs/agent.md):
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +30,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from kmsagent.api import Problem, reader_process
+from kmsagent.api import Problem, note_read
 from kmsagent.compat import (
     BadRequest,
     Query,
@@ -140,18 +141,8 @@ def _sdk_refusal(request: web.Request) -> web.Response | None:
 
 def _remember(request: web.Request, view: PathView, secret: Secret, version_id: str) -> None:
     """A read counts in adoption for its process: ``X-App-Process-Id``, else the peer's pid."""
-    try:
-        pid = reader_process(request)
-    except Problem:
-        return  # an odd header must not cost an unmodified application its read
-    if pid is None:
-        return
-    agent = request.app[COMPAT_AGENT]
-    state = agent.paths.get(view.path)
-    if state is not None and agent.reads.record(
-        view.path, pid, {secret.name: version_id}, agent.clock()
-    ):
-        state.report_changed.set()
+    with contextlib.suppress(Problem):  # an odd header must not cost an app its read
+        note_read(request.app[COMPAT_AGENT], request, view.path, {secret.name: version_id})
 
 
 def _views(agent: Agent) -> dict[str, PathView]:

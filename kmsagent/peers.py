@@ -47,8 +47,11 @@ def _hex_endpoint(host: str, port: int) -> str:
     return f"{struct.unpack('<I', packed)[0]:08X}:{port:04X}"
 
 
-def tcp_inode(local: tuple[str, int], remote: tuple[str, int], proc: Path = PROC) -> int | None:
-    """The inode of the client's socket of the loopback connection ``remote -> local``.
+def tcp_inode(
+    local: tuple[str, int], remote: tuple[str, int], proc: Path = PROC
+) -> tuple[int, int] | None:
+    """The inode and owner uid of the client's socket of the loopback connection
+    ``remote -> local``.
 
     The agent sees (its address, the client's); the client's socket is the row whose local
     end is the client's address and whose remote end is the agent's.
@@ -61,16 +64,24 @@ def tcp_inode(local: tuple[str, int], remote: tuple[str, int], proc: Path = PROC
     for line in lines:
         fields = line.split()
         if len(fields) > 9 and fields[1] == want_local and fields[2] == want_remote:
-            return int(fields[9]) or None
+            inode = int(fields[9])
+            return (inode, int(fields[7])) if inode else None
     return None
 
 
-def inode_owner(inode: int, proc: Path = PROC) -> int | None:
-    """The pid of a process holding socket ``inode`` open (the first one found)."""
+def inode_owner(inode: int, uid: int | None = None, proc: Path = PROC) -> int | None:
+    """The pid of a process holding socket ``inode`` open (the first one found); only the
+    processes of ``uid`` (the socket's owner) are searched when it is given."""
     target = f"socket:[{inode}]"
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
+        if uid is not None:
+            try:
+                if entry.stat().st_uid != uid:
+                    continue
+            except OSError:
+                continue
         with contextlib.suppress(OSError), os.scandir(entry / "fd") as fds:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -87,8 +98,8 @@ def tcp_peer(sock: socket.socket) -> int | None:
         return None
     if sock.family != socket.AF_INET or not str(remote[0]).startswith("127."):
         return None
-    inode = tcp_inode((local[0], local[1]), (remote[0], remote[1]))
-    return None if inode is None else inode_owner(inode)
+    found = tcp_inode((local[0], local[1]), (remote[0], remote[1]))
+    return None if found is None else inode_owner(*found)
 
 
 def peer_process(sock: socket.socket | None) -> str | None:

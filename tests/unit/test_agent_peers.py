@@ -57,8 +57,8 @@ def loopback() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 def test_the_tcp_peer_is_found_through_proc(loopback: tuple[socket.socket, socket.socket]) -> None:
     client, accepted = loopback
-    inode = tcp_inode(accepted.getsockname(), accepted.getpeername())
-    assert inode == os.fstat(client.fileno()).st_ino
+    found = tcp_inode(accepted.getsockname(), accepted.getpeername())
+    assert found == (os.fstat(client.fileno()).st_ino, os.getuid())
     assert peer_process(accepted) == process_id(os.getpid())
 
 

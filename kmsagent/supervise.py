@@ -107,8 +107,16 @@ class Supervisor:
 
     async def _ready(self) -> None:
         while any(s.view is None for s in self.agent.paths.values()):
-            waiting = [s.changed.wait() for s in self.agent.paths.values() if s.view is None]
-            await asyncio.wait([asyncio.ensure_future(w) for w in waiting])
+            waits = [
+                asyncio.ensure_future(s.changed.wait())
+                for s in self.agent.paths.values()
+                if s.view is None
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     def _render(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
         views = [s.view for s in self.agent.paths.values() if s.view is not None]

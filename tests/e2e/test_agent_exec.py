@@ -184,3 +184,72 @@ def test_a_missing_secret_is_one_line_and_status_2(
     last = run.log.read_text().strip().splitlines()[-1]
     assert last == "kmsagent: --env X: no secret 'nope' with a value"
     assert run.notes() == []
+
+
+# An unmodified reader: a one-shot HTTP GET on the agent's socket, no X-App-Process-Id.
+READER = """
+import http.client, json, socket, sys
+from kmsagent.peers import process_id
+import os
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+c = http.client.HTTPConnection("kmsagent")
+c.sock = s
+c.request("GET", "/v1/secrets/db")
+doc = json.loads(c.getresponse().read())
+print(json.dumps({"me": process_id(os.getpid()), "version": doc["version_id"]}))
+"""
+
+
+def _read_plainly(sock: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", READER, str(sock)],
+        capture_output=True,
+        timeout=DEADLINE_S,
+        check=True,
+    )
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
+
+
+def test_a_rotation_counts_the_command_and_a_plain_reader_by_pid(
+    kmsd: Replica, shop: tuple[Ops, Path], moto_endpoint: str, tmp_path: Path
+) -> None:
+    ops, creds = shop
+    sock = tmp_path / "agent.sock"
+    run = Exec(
+        kmsd, moto_endpoint, creds, tmp_path,
+        "--env", "DB_PASSWORD=db.password", "--socket", str(sock),
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(run.started()) == 1 and sock.exists(), "the command and socket")
+        before = _read_plainly(sock)
+        rotation = ops.json(
+            "rotate", "start", "prod/shop", "db", "--mode", "auto",
+            "--value", '{"user": "shop", "password": "rotated"}',
+        )  # fmt: skip
+        rid, new = str(rotation["id"]), rotation["new_version"]
+        wait_until(
+            lambda: ops.json("rotate", "status", rid)["phase"] == "done", "the rotation's gates"
+        )
+        wait_until(lambda: len(run.started()) == 2, "the command restarted at promotion")
+        assert run.started()[1]["what"]["DB_PASSWORD"] == "rotated"
+        after = _read_plainly(sock)
+        assert (before["version"], after["version"]) == (rotation["old_version"], new)
+
+        def counted() -> dict[str, str]:
+            doc = ops.json("adoption", "prod/shop")
+            (me,) = [i for i in doc["instances"] if i["instance_id"] == "vm-exec"]
+            return {pid: read["db"] for pid, read in me["processes"].items() if "db" in read}
+
+        child = run.started()[1]["pid"]
+        wait_until(
+            lambda: (
+                counted().get(after["me"]) == new
+                and any(p.startswith(f"{child}@") and v == new for p, v in counted().items())
+            ),
+            "the restarted command and the plain reader counted by pid, on the new version",
+        )
+        assert counted().get(before["me"]) == rotation["old_version"]  # what it read, then
+    finally:
+        run.stop()

@@ -33,6 +33,7 @@ from kmsagent.creds import (
     frozen,
 )
 from kmsagent.environ import EnvError, parse_spec
+from kmsagent.memory import trim_when_serving
 from kmsagent.state import BadDocument, PathView
 from kmsagent.supervise import ExecConfig, Policy, PolicyError, Supervisor
 from kmsagent.sync import Agent, SyncConfig
@@ -237,6 +238,7 @@ async def run(args: argparse.Namespace) -> int:
         log.info("kmsagent_started", paths=args.path, instance_id=instance_id, mode=creds.mode)
         syncing = asyncio.create_task(agent.run(), name="sync")
         rendering = asyncio.create_task(follow(agent, args.renderer)) if args.renderer else syncing
+        trimming = asyncio.create_task(trim_when_serving(agent))
         stopping: asyncio.Task[Any] = asyncio.create_task(
             stop.wait() if args.exec_config is None else Supervisor(agent, args.exec_config).run()
         )
@@ -248,6 +250,7 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             syncing.cancel()
             rendering.cancel()
+            trimming.cancel()
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await syncing

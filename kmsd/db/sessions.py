@@ -20,6 +20,7 @@ LOOKUP_SESSION = """
 SELECT principal, caller_arn, source_ip, expires_at FROM sessions
 WHERE token_hash = $1 AND expires_at > now()
 """
+DELETE_SESSION = "DELETE FROM sessions WHERE token_hash = $1"
 PURGE_EXPIRED = "DELETE FROM sessions WHERE expires_at < now() - interval '1 day'"
 
 
@@ -57,7 +58,8 @@ async def create_session(
 class SessionCache:
     """Tokens verified recently, so that 10,000 agents re-polling after a wake do not become
     10,000 session queries. An entry lives ``ttl`` seconds at most and never past the session's
-    own expiry; sessions are not revocable yet, so the TTL only bounds memory and staleness.
+    own expiry. A session ended (console sign-out) leaves this replica's cache at once and
+    the others' within the TTL.
     """
 
     def __init__(self, ttl: float = 30.0, max_entries: int = 100_000) -> None:
@@ -74,6 +76,9 @@ class SessionCache:
             del self._entries[key]
             return None
         return session
+
+    def drop(self, key: bytes) -> None:
+        self._entries.pop(key, None)
 
     def put(self, key: bytes, session: Session, expires_at: datetime, now: datetime) -> None:
         self._entries[key] = (session, min(expires_at, now + self._ttl))
@@ -96,3 +101,9 @@ async def lookup(
     session = Session(who, row["source_ip"])
     cache.put(key, session, row["expires_at"], now)
     return session
+
+
+async def revoke(pool: asyncpg.Pool, key: bytes, cache: SessionCache) -> None:
+    """End the session of ``key`` (its ``token_hash``)."""
+    await pool.execute(DELETE_SESSION, key)
+    cache.drop(key)

@@ -8,6 +8,8 @@ own character set, nothing before or after, and the kind decided from the token 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from enum import StrEnum
 
@@ -16,7 +18,8 @@ from kmsd.errors import Unauthenticated
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN = 512  # kmsd's tokens are under 60 characters; nothing longer is one of ours
-CONSOLE_PREFIX = "kmsdc."  # console sessions: accepted by the console's pages only
+CONSOLE_PREFIX = "kmsdc."  # console sessions: the console's pages, and its own fetches
+CSRF_HEADER = "X-Kmsd-Csrf"  # the console's fetches carry the session's CSRF token in it
 
 
 class Kind(StrEnum):
@@ -41,9 +44,21 @@ def kind_of(token: str) -> Kind:
 
 
 def check_kind(token: str, *, console_route: bool) -> None:
-    """A console session opens the console only, an API token the API only: they never cross
-    (a page opens from a console link, ``kmsctl console``)."""
+    """A console session never opens the API from an ``Authorization`` header, an API token
+    never opens the console: they never cross. (The console's own fetches reach the API with
+    the session's cookie and its CSRF token, a road a header-held token cannot take.)"""
     if kind_of(token) is Kind.CONSOLE and not console_route:
         raise Unauthenticated("a console session opens the console only; use kmsctl for the API")
     if kind_of(token) is Kind.API and console_route:
         raise Unauthenticated("the console opens from a one-time link: kmsctl console")
+
+
+def csrf_token(session_token: str) -> str:
+    """The CSRF token of a console session: derived from the session token, so nothing is
+    stored and another session's token never matches; one-way, so a page that shows it gives
+    the cookie away to no one."""
+    return hashlib.sha256(b"kmsd console csrf\0" + session_token.encode()).hexdigest()[:40]
+
+
+def csrf_matches(session_token: str, given: str) -> bool:
+    return hmac.compare_digest(csrf_token(session_token).encode(), given.encode()[:64])

@@ -324,3 +324,24 @@ def parse_duration(raw: str) -> timedelta:
     if not 10 <= seconds <= 30 * 86400:
         raise InvalidInput("gate timeout must be between 10 seconds and 30 days")
     return timedelta(seconds=seconds)
+
+
+def offered(phase: str, paused: bool, new: str, old: str) -> list[tuple[str, str]]:
+    """The commands an operator may give a rotation in ``phase``, each with what it will do
+    (the words a confirmation shows). ``command`` refuses the others anyway."""
+    if phase == "done":
+        return [("rollback", f"make {old} current again and revoke {new}")]
+    if phase not in ACTIVE:
+        return []
+    steps = [
+        ("resume", "let the driver advance this rotation again")
+        if paused
+        else ("pause", "stop the driver advancing this rotation (nothing changes meanwhile)")
+    ]
+    if phase == "pending":
+        steps.insert(0, ("advance", f"promote {new} to current; {old} becomes previous"))
+        steps.append(("abort", f"revoke the pending {new}; {old} stays current"))
+    else:
+        steps.insert(0, ("advance", f"revoke {old}: instances still holding it lose it"))
+        steps.append(("rollback", f"make {old} current again and revoke {new}"))
+    return steps

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 
 from kmsd.aws.sts import caller_arn
 from kmsd.db import sessions, signins
-from kmsd.domain.bearer import check_kind, parse_bearer
+from kmsd.domain.bearer import CSRF_HEADER, check_kind, csrf_matches, parse_bearer
 from kmsd.domain.signin import LoginRequest, check_login, claimed_key_id, principal_from_arn
-from kmsd.errors import KmsError, LoginRejected, Unauthenticated
+from kmsd.errors import Forbidden, KmsError, LoginRejected, Unauthenticated
 from kmsd.http.access import check_allowlist
 from kmsd.http.audit import write_attempt
 from kmsd.http.common import (
@@ -32,9 +33,17 @@ LOGIN_FIELDS = frozenset(
 )
 # Routes any caller may reach without a token.
 PUBLIC_ROUTES = frozenset(
-    {"/v1/auth/aws/login", "/v1/openapi.json", "/healthz", "/metrics", "/ui/login"}
+    {
+        "/v1/auth/aws/login",
+        "/v1/openapi.json",
+        "/healthz",
+        "/metrics",
+        "/ui/login",
+        "/ui/assets/{name}",
+        "/ui/signed-out",
+    }
 )
-# The console's pages read their session from a cookie (HttpOnly, SameSite=Strict) instead.
+# The console reads its session from a cookie (HttpOnly, SameSite=Strict) instead.
 CONSOLE_COOKIE = "kmsd_console"
 
 
@@ -81,6 +90,27 @@ async def login(request: web.Request) -> web.Response:
     )
 
 
+def _console_session(request: web.Request, cookie: str, *, console_route: bool) -> str:
+    """The console session of a page, or of the console's own ``fetch`` to the API.
+
+    The cookie is SameSite=Strict; on top of that every change (any method but GET and HEAD),
+    and every API request at all, must carry the session's CSRF token and, when the browser
+    names one, this host as its Origin: a page of another site can send neither.
+    """
+    if not cookie:
+        raise Unauthenticated("sign in to the console with a link from: kmsctl console")
+    token = parse_bearer(f"Bearer {cookie}")  # the cookie holds the same kind of token
+    check_kind(token, console_route=True)
+    if console_route and request.method in ("GET", "HEAD"):
+        return token
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+        raise Forbidden("this console request comes from another site")
+    if not csrf_matches(token, request.headers.get(CSRF_HEADER, "")):
+        raise Forbidden("the console's CSRF token is missing or belongs to another session")
+    return token
+
+
 async def admit(request: web.Request) -> None:
     """Allowlist, sign-in, query text, then the attempt row of a change: all before the handler.
 
@@ -104,15 +134,15 @@ async def authenticate(request: web.Request) -> None:
         raise Unauthenticated("send one Authorization header")
     header = given[0] if given else ""
     console_route = route.startswith("/ui/")
-    if not header and console_route:
-        token = request.cookies.get(CONSOLE_COOKIE, "")
-        if not token:
-            raise Unauthenticated("sign in to the console with a link from: kmsctl console")
-        token = parse_bearer(f"Bearer {token}")  # the cookie holds the same kind of token
-    else:
+    cookie = request.cookies.get(CONSOLE_COOKIE, "")
+    if header:
         token = parse_bearer(header)
-    # The token checked is the token looked up: no second reading of the header.
-    check_kind(token, console_route=console_route)
+        # The token checked is the token looked up: no second reading of the header.
+        check_kind(token, console_route=console_route)
+    elif console_route or (cookie and CSRF_HEADER in request.headers):
+        token = _console_session(request, cookie, console_route=console_route)
+    else:
+        token = parse_bearer(header)  # refused: no credentials at all
     key = sessions.token_hash(token)  # hashed once: the lookup and per-token limits use it
     session = await sessions.lookup(
         request.app[POOL], key, request.app[SESSIONS], request.app[CLOCK].now()

@@ -21,7 +21,10 @@ import orjson
 from aiohttp import web
 
 from kmsd import __version__
+from kmsd.domain.iam import DEFAULT_SHAPE as IAM_DEFAULT
+from kmsd.domain.iam import SHAPES as IAM_SHAPES
 from kmsd.domain.rotation import COMMANDS
+from kmsd.http.console.openapi import console_paths
 from kmsd.http.openapi_answers import ANSWERS, problem_responses
 from kmsd.http.openapi_ops import (
     answer,
@@ -192,11 +195,24 @@ def _paths() -> dict[str, dict[str, Schema]]:
             ),
         },
         "/v1/iam-policy/app/{path}": {"get": operation(
-            "iam_policy_app", "iam", "The IAM policy for an application's hosts", needs="view",
+            "iam_policy_app", "iam",
+            "The IAM policy for an application's hosts (recorded as fetched, for drift)",
+            needs="view",
             params=(APP, param("source_cidr", "query",
                                 {"type": "array", "items": {"type": "string"}},
-                                "limit reads to these networks (aws:SourceIp); repeatable")),
-            ok={"200": answer(ref("IamPolicy"), "the policy")}, errors=(400, 404),
+                                "limit reads to these networks (aws:SourceIp); repeatable"),
+                    param("shape", "query",
+                          {"type": "string", "enum": list(IAM_SHAPES), "default": IAM_DEFAULT},
+                          "prefix: the application's SM name prefix and tags, covering later "
+                          "secrets; exact: every secret's ARN (409 when there is none)")),
+            ok={"200": answer(ref("IamPolicy"), "the policy")}, errors=(400, 404, 409, 502),
+        )},
+        "/v1/iam-policy/drift/{path}": {"get": operation(
+            "iam_policy_drift", "iam",
+            "Whether the policy last fetched for a path still covers what its hosts read",
+            needs="view", params=(APP,),
+            ok={"200": answer(ref("IamPolicyDrift"), "the last fetch and what it lacks")},
+            errors=(400, 404, 502),
         )},
         "/v1/iam-policy/server": {"get": operation(
             "iam_policy_server", "iam", "The IAM policy kmsd itself should run with",
@@ -327,36 +343,6 @@ def _paths() -> dict[str, dict[str, Schema]]:
                 params=(PATH,), ok={"204": {"description": "removed"}}, errors=(400, 404),
             ),
         },
-        "/v1/console/links": {"post": operation(
-            "console_link", "console", "A one-time console sign-in link (two minutes)",
-            ok={"201": answer(ref("ConsoleLink"), "open path once, from the same address")},
-        )},
-        "/ui/login": {"get": operation(
-            "console_login", "console", "Trade a one-time code for a console session cookie",
-            params=(
-                param("code", "query", {"type": "string"}, "from POST /v1/console/links"),
-                param("next", "query", {"type": "string"},
-                       "a console page to go to (/ui/rotations[/ID]); anything else is ignored"),
-            ),
-            ok={"303": {
-                "description": "signed in: the session cookie is set, on to the dashboard",
-                "headers": {"Location": {"schema": {"type": "string"}},
-                            "Set-Cookie": {"schema": {"type": "string"}}},
-            }},
-            errors=(401,), public=True,
-        )},
-        "/ui/rotations": {"get": _console("console_rotations", "The rotations page")},
-        "/ui/rotations/{id}": {"get": _console(
-            "console_rotation", "A rotation's live dashboard", (ROTATION_ID,), (404,)
-        )},
-        "/ui/rotations/{id}/events": {"get": operation(
-            "console_rotation_events", "console",
-            "Server-sent events: the rotation's JSON each time it changes, until it is final",
-            needs="view", params=(ROTATION_ID,),
-            ok={"200": {"description": "an event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
-            errors=(404,),
-        ) | _CONSOLE_SECURITY},
         "/v1/openapi.json": {"get": operation(
             "openapi", "meta", "This document", errors=(403,),
             ok={"200": answer(ref("OpenApi"), "OpenAPI 3.1")}, public=True,
@@ -374,32 +360,6 @@ def _paths() -> dict[str, dict[str, Schema]]:
         )},
     }
     # fmt: on
-
-
-# Console pages take the console session's cookie from /ui/login, never an API token.
-_CONSOLE_SECURITY: Schema = {"security": [{"consoleCookie": []}]}
-
-
-def _console(
-    op_id: str, summary: str, params: tuple[Schema, ...] = (), errors: tuple[int, ...] = ()
-) -> Schema:
-    return (
-        operation(
-            op_id,
-            "console",
-            summary,
-            needs="view",
-            params=params,
-            errors=errors,
-            ok={
-                "200": {
-                    "description": "a server-rendered page, readable without JavaScript",
-                    "content": {"text/html": {"schema": {"type": "string"}}},
-                }
-            },
-        )
-        | _CONSOLE_SECURITY
-    )
 
 
 def build() -> dict[str, Any]:
@@ -434,7 +394,7 @@ def build() -> dict[str, Any]:
                 "meta",
             )
         ],
-        "paths": _paths(),
+        "paths": _paths() | console_paths(),
         "components": {
             "securitySchemes": {
                 "bearer": {

@@ -116,6 +116,8 @@ def test_every_refusal_is_problem_json_with_the_rfc_9457_members() -> None:
         ("/healthz", "get"),
         ("/metrics", "get"),
         ("/ui/login", "get"),
+        ("/ui/signed-out", "get"),
+        ("/ui/assets/{name}", "get"),
     ],
 )
 def test_public_routes_need_no_token(path: str, method: str) -> None:

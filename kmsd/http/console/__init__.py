@@ -1,0 +1,31 @@
+"""The operator console: server-rendered pages over kmsd's own API.
+
+Pages read through the same services and access decisions as the API; every change a page
+offers is a ``fetch`` to the API itself (``assets/console.js``), with the session cookie and
+its CSRF token, so it passes the same handler, access check and audit row as ``kmsctl``.
+Sign-in is a one-time link from ``kmsctl console`` (``session.py``).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from kmsd.http.console import rotations, session
+from kmsd.http.console.pages import asset, setup_templates
+
+
+async def home(request: web.Request) -> web.Response:
+    return web.Response(status=303, headers={"Location": session.HOME})
+
+
+def setup_console_routes(app: web.Application) -> None:
+    setup_templates(app)
+    app.router.add_post("/v1/console/links", session.create_link)
+    app.router.add_get("/ui/login", session.login)
+    app.router.add_post("/ui/logout", session.logout)
+    app.router.add_get("/ui/signed-out", session.signed_out)
+    app.router.add_get("/ui/assets/{name}", asset)
+    app.router.add_get("/ui/", home)
+    app.router.add_get("/ui/rotations", rotations.rotations_page)
+    app.router.add_get("/ui/rotations/{id}", rotations.rotation_page)
+    app.router.add_get("/ui/rotations/{id}/events", rotations.rotation_events)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from kmsd.http.console import rotations, session
+from kmsd.http.console import access, audit, expiring, fleet, rotations, secret, session, tree
 from kmsd.http.console.pages import asset, setup_templates
+
+# Each section adds its own pages (``routes``) and documents them (``openapi_paths``).
+SECTIONS = (tree, secret, access, audit, fleet, expiring)
 
 
 async def home(request: web.Request) -> web.Response:
@@ -29,3 +32,5 @@ def setup_console_routes(app: web.Application) -> None:
     app.router.add_get("/ui/rotations", rotations.rotations_page)
     app.router.add_get("/ui/rotations/{id}", rotations.rotation_page)
     app.router.add_get("/ui/rotations/{id}/events", rotations.rotation_events)
+    for pages in SECTIONS:
+        pages.routes(app)

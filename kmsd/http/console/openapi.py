@@ -44,6 +44,15 @@ def page(
 
 
 def console_paths() -> dict[str, dict[str, Schema]]:
+    from kmsd.http.console import SECTIONS  # the sections import this module's helpers
+
+    sections: dict[str, dict[str, Schema]] = {}
+    for pages in SECTIONS:
+        sections |= pages.openapi_paths()
+    return sections | _paths()
+
+
+def _paths() -> dict[str, dict[str, Schema]]:
     # fmt: off
     return {
         "/v1/console/links": {"post": operation(

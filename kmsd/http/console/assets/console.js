@@ -106,6 +106,14 @@
     }
   }
 
+  // data-copy="#id": copy that element's text (a generated IAM policy) to the clipboard.
+  document.addEventListener("click", e => {
+    const button = e.target.closest?.("button[data-copy]");
+    if (!button) return;
+    const from = document.querySelector(button.dataset.copy);
+    if (from) navigator.clipboard?.writeText(from.textContent).then(() => { button.textContent = "copied"; });
+  });
+
   document.addEventListener("submit", e => { if (e.target.dataset?.api) run(e.target, e); });
   document.addEventListener("click", e => {
     const button = e.target.closest?.("button[data-api]");

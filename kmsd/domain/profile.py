@@ -2,13 +2,15 @@
 
 A request names a use and optionally an algorithm, a size and a lifetime; ``Profile.check``
 fills in the defaults and refuses anything outside the profile with the rule it breaks, so an
-engineer never has to know the standard to follow it.
+engineer never has to know the standard to follow it. Algorithm names are read the way people
+type them (``rsa``, ``hmac``, ``ed25519``, ``ec``): ``resolve_algorithm`` maps them to the
+canonical names the profile and the stored specs use.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,67 @@ KNOWN = frozenset(
         "password",
     }
 )
+
+# Names people type for an algorithm (compared lower-case, with "_" and spaces read as "-"),
+# each with its candidates in order of preference: ``resolve_algorithm`` takes the first one
+# the use allows, so "ec" is ECDSA-P256 for signing and ECDH-P256 for key agreement.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "rsa": ("RSA-PSS",),
+    "rsapss": ("RSA-PSS",),
+    "ps256": ("RSA-PSS",),
+    "hmac": ("HMAC-SHA256", "HMAC-SHA512"),
+    "hmac256": ("HMAC-SHA256",),
+    "hmac-256": ("HMAC-SHA256",),
+    "hmac-sha-256": ("HMAC-SHA256",),
+    "hs256": ("HMAC-SHA256",),
+    "hmac512": ("HMAC-SHA512",),
+    "hmac-512": ("HMAC-SHA512",),
+    "hmac-sha-512": ("HMAC-SHA512",),
+    "hs512": ("HMAC-SHA512",),
+    "ec": ("ECDSA-P256", "ECDH-P256"),
+    "p256": ("ECDSA-P256", "ECDH-P256"),
+    "p-256": ("ECDSA-P256", "ECDH-P256"),
+    "p384": ("ECDSA-P384", "ECDH-P384"),
+    "p-384": ("ECDSA-P384", "ECDH-P384"),
+    "ecdsa": ("ECDSA-P256", "ECDSA-P384"),
+    "es256": ("ECDSA-P256",),
+    "es384": ("ECDSA-P384",),
+    "ecdh": ("ECDH-P256", "ECDH-P384"),
+    "eddsa": ("Ed25519",),
+    "aes": ("AES-256-GCM",),
+    "aes256": ("AES-256-GCM",),
+    "aes-256": ("AES-256-GCM",),
+    "aes-gcm": ("AES-256-GCM",),
+    "aes256gcm": ("AES-256-GCM",),
+    "chacha": ("ChaCha20-Poly1305",),
+    "chacha20": ("ChaCha20-Poly1305",),
+    "curve25519": ("X25519",),
+}
+_BY_LOWER = {name.lower(): name for name in KNOWN}
+
+
+def fold_algorithm(name: str) -> str:
+    """``name`` as the alias table spells it: lower case, ``-`` for ``_`` and spaces."""
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+def resolve_algorithm(name: str, allowed: Sequence[str] = ()) -> str | None:
+    """The canonical name for ``name`` (any case, or an alias), preferring one in ``allowed``.
+
+    None when the name is neither a known algorithm nor an alias.
+    """
+    key = fold_algorithm(name)
+    if key in _BY_LOWER:
+        return _BY_LOWER[key]
+    candidates = ALIASES.get(key)
+    if candidates is None:
+        return None
+    return next((c for c in candidates if c in allowed), candidates[0])
+
+
+def algorithm_names() -> list[str]:
+    """Every spelling ``resolve_algorithm`` knows: the canonical names, then the aliases."""
+    return [*sorted(KNOWN), *ALIASES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +182,14 @@ class Profile:
         lifetime_days: int | None = None,
     ) -> KeySpec:
         """Return the full spec for a request, or raise InvalidInput naming the broken rule."""
-        rule = self.rules.get(use)
+        rule = self.rules.get(use.strip().lower())
         if rule is None:
             raise InvalidInput(f"unknown use {use!r}; uses are {', '.join(USES)}")
-        algorithm = algorithm or rule.algorithms[0]
+        use = use.strip().lower()
+        if algorithm:
+            algorithm = resolve_algorithm(algorithm, rule.algorithms) or algorithm
+        else:
+            algorithm = rule.algorithms[0]
         if algorithm not in rule.algorithms:
             raise InvalidInput(
                 f"{algorithm!r} is not allowed for {use}: the profile allows "

@@ -16,10 +16,18 @@ with warnings.catch_warnings():
 
     gc.collect()
 
-from kmsd.domain.iam import FORBIDDEN_ACTIONS, KeyUse, actions_of, app_policy, server_policy
+from kmsd.domain.iam import (
+    FORBIDDEN_ACTIONS,
+    KeyUse,
+    NothingToGrant,
+    actions_of,
+    app_policy,
+    server_policy,
+)
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:kmsd/prod/pay/db-AbCdEf"
 ARN2 = "arn:aws:secretsmanager:us-east-1:123456789012:secret:kmsd/prod/pay/us/tls-GhIjKl"
+SHARED = "arn:aws:secretsmanager:us-east-1:123456789012:secret:kmsd/prod/shop/api-MnOpQr"
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
@@ -53,8 +61,24 @@ def test_app_policy_with_data_keys() -> None:
     assert lint(policy) == []
 
 
-def test_app_with_no_secrets_gets_no_permission() -> None:
-    assert app_policy([])["Statement"] == []
+def test_exact_shape_with_nothing_to_read_is_refused_not_empty() -> None:
+    with pytest.raises(NothingToGrant) as refused:
+        app_policy([])
+    assert refused.value.http_status == 409
+    assert "shape=prefix" in refused.value.detail
+
+
+@pytest.mark.parametrize(
+    ("shared", "keys"),
+    [([SHARED], []), ([], [KeyUse(KEY, (("kmsd:name", "k"), ("kmsd:path", "prod/pay")))])],
+    ids=["only-a-share", "only-a-data-key"],
+)
+def test_exact_shape_with_only_a_share_or_a_data_key_is_valid(
+    shared: list[str], keys: list[KeyUse]
+) -> None:
+    policy = app_policy([], shared_arns=shared, keys=keys)
+    assert len(policy["Statement"]) == 1
+    assert lint(policy) == []
 
 
 @pytest.mark.parametrize("partition", ["aws", "aws-cn"])
@@ -65,6 +89,8 @@ def test_server_policy_writes_and_never_reads(partition: str) -> None:
     assert not actions_of(policy) & FORBIDDEN_ACTIONS
     assert "secretsmanager:PutSecretValue" in actions_of(policy)
     assert "kms:GenerateDataKeyWithoutPlaintext" in actions_of(policy)
+    # CreateSecret with Tags needs it, and so does the backfill of older secrets' tags.
+    assert "secretsmanager:TagResource" in actions_of(policy)
     assert policy["Statement"][0]["Resource"] == [
         f"arn:{partition}:secretsmanager:us-east-1:123456789012:secret:kmsd/*"
     ]

@@ -29,7 +29,7 @@ class WriteResult:
 
 
 class SecretsWriter:
-    """The SM operations kmsd performs: create, version, describe, delete, restore."""
+    """The SM operations kmsd performs: create, version, describe, tag, delete, restore."""
 
     def __init__(self, client: Any, recovery_window_days: int) -> None:
         self._sm = client
@@ -57,7 +57,7 @@ class SecretsWriter:
                         Name=sm_name,
                         ClientRequestToken=version_id,
                         Description=description,
-                        Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())],
+                        Tags=_tag_list(tags),
                         **payload,
                     )
                     return WriteResult(resp["ARN"], resp["VersionId"])
@@ -99,6 +99,9 @@ class SecretsWriter:
             )
         if desc.get("DeletedDate") is not None:
             await self._sm.restore_secret(SecretId=sm_name)
+        if any(found.get(k) != v for k, v in tags.items()):
+            # Left by an older kmsd: hosts' prefix-shaped policies read the tags it lacks.
+            await self._sm.tag_resource(SecretId=sm_name, Tags=_tag_list(tags))
         log.info("sm_secret_adopted", sm_name=sm_name)
 
     async def versions(self, sm_name: str) -> tuple[str, dict[str, list[str]]] | None:
@@ -128,6 +131,24 @@ class SecretsWriter:
             raise UpstreamError(
                 f"could not reach Secrets Manager to list {sm_name!r}: {type(exc).__name__}"
             ) from None
+
+    async def ensure_tags(self, secret_id: str, tags: Mapping[str, str]) -> bool | None:
+        """Add ``tags`` where SM lacks them; True if it did, False if there, None if no secret."""
+        try:
+            desc = await self._sm.describe_secret(SecretId=secret_id)
+            found = {t["Key"]: t["Value"] for t in desc.get("Tags", [])}
+            if all(found.get(k) == v for k, v in tags.items()):
+                return False
+            await self._sm.tag_resource(SecretId=secret_id, Tags=_tag_list(tags))
+        except ClientError as exc:
+            if _code(exc) == "ResourceNotFoundException":
+                return None
+            raise _upstream("tag", secret_id, exc) from None
+        except BotoCoreError as exc:
+            raise UpstreamError(
+                f"could not reach Secrets Manager to tag {secret_id!r}: {type(exc).__name__}"
+            ) from None
+        return True
 
     async def labels(self, secret_id: str) -> dict[str, list[str]]:
         """Which staging labels each version carries (DescribeSecret's VersionIdsToStages)."""
@@ -181,6 +202,10 @@ def _ambiguous(err: UpstreamError) -> UpstreamError:
     err.extra["ambiguous"] = True
     err.detail += "; SM may still have recorded it, kmsd will reconcile within minutes"
     return err
+
+
+def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
 def _code(exc: ClientError) -> str:

@@ -11,6 +11,12 @@ doubt, SM's labels are brought to PostgreSQL's stages (``kmsd.services.labels``)
 The scheduler's leader also sweeps every SM-backed secret, a batch per pass, for a label
 mismatch nobody caused through kmsd (a hand-made label move, a write that landed after it was
 given up) and repairs it toward PostgreSQL, the last acknowledged write.
+
+Each pass also makes sure a batch of secrets not yet checked carry the tags that hosts'
+prefix-shaped IAM policies read (``kmsd.domain.iam.sm_tags``): kmsd writes them at creation, and
+this once-per-secret check backfills secrets from before that, or created by an older replica
+during a rolling upgrade. It lives here, not in ``kmsd migrate``: the migration runs with a
+database role only, while the reconciler already holds kmsd's SM client and per-secret locks.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import structlog
 from kmsd.aws.sm import SecretsWriter
 from kmsd.db import DB_LOST, Conn, hold, store
 from kmsd.db import rotations as rotations_db
+from kmsd.domain.iam import sm_tags
+from kmsd.domain.names import NodePath
 from kmsd.domain.writes import Intent, Recorded, Resolution, resolve
 from kmsd.errors import KmsError
 from kmsd.services import labels, writes
@@ -51,6 +59,14 @@ _SWEEP_BATCH = """
 SELECT id, sm_name FROM secrets WHERE kind <> 'datakey' AND id > $1 ORDER BY id LIMIT $2
 """
 SWEEP_BATCH = 50
+# Secrets whose SM tags are checked per pass: 10,000 old secrets are tagged in about an hour
+# and a half at the default interval, without a burst of SM calls at upgrade time.
+TAG_BATCH = 100
+_UNTAGGED = """
+SELECT s.id, s.sm_name, s.name, n.path FROM secrets s JOIN nodes n ON n.id = s.node_id
+WHERE s.sm_tags_checked_at IS NULL AND s.kind <> 'datakey' ORDER BY s.id LIMIT $1
+"""
+_TAGS_CHECKED = "UPDATE secrets SET sm_tags_checked_at = now() WHERE id = $1"
 
 
 async def reconcile(pool: asyncpg.Pool, sm: SecretsWriter, min_age: timedelta) -> dict[str, int]:
@@ -82,7 +98,37 @@ async def reconcile(pool: asyncpg.Pool, sm: SecretsWriter, min_age: timedelta) -
                 await writes.unlock(conn, row["sm_name"])
     if any(counts.values()):
         log.info("outbox_reconciled", **counts)
+    await backfill_tags(pool, sm)
     return counts
+
+
+async def backfill_tags(pool: asyncpg.Pool, sm: SecretsWriter) -> int:
+    """Tag one batch of unchecked secrets in SM as kmsd tags new ones; return how many lacked it.
+
+    A secret SM no longer has is marked checked too (nothing to tag; its row is someone else's
+    repair). An SM failure ends the pass: the rest wait for the next one.
+    """
+    tagged = 0
+    for row in await pool.fetch(_UNTAGGED, TAG_BATCH):
+        async with hold(pool) as conn:
+            if not await conn.fetchval(writes.TRY_LOCK, row["sm_name"]):
+                continue  # a write is on it; the next pass checks it
+            try:
+                done = await sm.ensure_tags(
+                    row["sm_name"], sm_tags(NodePath.parse(row["path"]), row["name"])
+                )
+                await conn.execute(_TAGS_CHECKED, row["id"])
+            except KmsError as exc:
+                log.warning("tag_backfill_deferred", sm_name=row["sm_name"], error=exc.detail)
+                break
+            finally:
+                await writes.unlock(conn, row["sm_name"])
+        if done:
+            tagged += 1
+            log.info("sm_secret_tagged", sm_name=row["sm_name"])
+        elif done is None:
+            log.warning("tag_backfill_no_secret", sm_name=row["sm_name"])
+    return tagged
 
 
 async def _note_failure(pool: asyncpg.Pool, row_id: int, error: str) -> None:

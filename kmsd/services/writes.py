@@ -35,6 +35,7 @@ from kmsd.aws.sm import SecretsWriter
 from kmsd.db import DB_LOST, Conn, hold, store
 from kmsd.db import rotations as rotations_db
 from kmsd.db.changes import record_change, record_secret_change
+from kmsd.domain.iam import sm_tags
 from kmsd.domain.names import NodePath
 from kmsd.errors import Conflict, InvalidInput, KmsError, NotFound, Unavailable
 
@@ -166,7 +167,7 @@ async def put_secret(
                     version_id,
                     req.value,
                     create=existing is None,
-                    tags={"kmsd:path": str(req.path), "kmsd:name": req.name},
+                    tags=sm_tags(req.path, req.name),
                     description=req.description,
                     stages=["AWSPENDING"] if req.stage == "pending" else None,
                 )

@@ -1,4 +1,5 @@
-"""Load generator for ``agent.py``: reads from kmsagent's Unix socket with aiohttp.
+"""Load generator for ``agent.py``: reads from kmsagent with aiohttp, over its Unix socket or
+over TCP on 127.0.0.1 with request headers (the SM Agent API's token), a ``Target`` each.
 
 Runs in its own process (a ``ProcessPoolExecutor`` of one, pinned by ``pin``) so that the
 agent and the client each have a core. Two shapes:
@@ -21,12 +22,31 @@ import asyncio
 import gc
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 WARMUP_S = 1.0
 PACED_CONNECTIONS = 32
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to read: ``url`` on the Unix socket ``socket``, or over TCP when it is empty."""
+
+    url: str
+    socket: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def session(self, limit: int) -> aiohttp.ClientSession:
+        """A session of at most ``limit`` connections (0: no limit), sending ``headers``."""
+        connector: aiohttp.BaseConnector = (
+            aiohttp.UnixConnector(path=self.socket, limit=limit)
+            if self.socket
+            else aiohttp.TCPConnector(limit=limit)
+        )
+        return aiohttp.ClientSession(connector=connector, headers=self.headers)
 
 
 def pin(cpus: set[int]) -> None:
@@ -52,9 +72,9 @@ def _stats(latencies: list[float], elapsed: float, errors: int) -> dict[str, Any
     }
 
 
-async def _closed(socket: str, url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
-    connector = aiohttp.UnixConnector(path=socket, limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
+async def _closed(target: Target, concurrency: int, duration_s: float) -> dict[str, Any]:
+    url = target.url
+    async with target.session(0) as http:
         latencies: list[float] = []
         errors = 0
 
@@ -80,13 +100,13 @@ async def _closed(socket: str, url: str, concurrency: int, duration_s: float) ->
     return {"concurrency": concurrency, **_stats(latencies, elapsed, errors)}
 
 
-async def _paced(socket: str, url: str, rate: float, duration_s: float) -> dict[str, Any]:
+async def _paced(target: Target, rate: float, duration_s: float) -> dict[str, Any]:
+    url = target.url
+    loop = asyncio.get_running_loop()
     # A bounded pool, as an application has: when the agent falls behind, requests queue here
     # (their latency still counts from the schedule) instead of piling up connects on its
     # accept backlog.
-    connector = aiohttp.UnixConnector(path=socket, limit=PACED_CONNECTIONS)
-    loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with target.session(PACED_CONNECTIONS) as http:
         latencies: list[float] = []
         lags: list[float] = []
         errors = 0
@@ -133,9 +153,11 @@ async def _paced(socket: str, url: str, rate: float, duration_s: float) -> dict[
     }
 
 
-def closed(socket: str, url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
-    return asyncio.run(_closed(socket, url, concurrency, duration_s))
+def closed(target: Target, concurrency: float, duration_s: float) -> dict[str, Any]:
+    """``concurrency`` clients, each sending its next request when the last one answered."""
+    return asyncio.run(_closed(target, int(concurrency), duration_s))
 
 
-def paced(socket: str, url: str, rate: float, duration_s: float) -> dict[str, Any]:
-    return asyncio.run(_paced(socket, url, rate, duration_s))
+def paced(target: Target, rate: float, duration_s: float) -> dict[str, Any]:
+    """Requests started at ``rate`` per second; latency from each one's scheduled start."""
+    return asyncio.run(_paced(target, rate, duration_s))

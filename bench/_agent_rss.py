@@ -4,7 +4,10 @@ Run by ``agent.py`` as ``python _agent_rss.py`` (AWS_ENDPOINT_URL set; no call i
 one JSON object: VmRSS, RssAnon and RssFile (KiB) of this process after the interpreter
 started, after importing what ``kmsagent run`` imports, after opening a
 ``kmsagent.aws.Reader`` (the clients it opens at start), after the KMS client a first data
-key would add, and after glibc's ``malloc_trim(0)`` (heap freed but not yet given back).
+key would add, and after glibc's ``malloc_trim(0)`` (heap freed but not yet given back). The
+imports step also says how many modules are loaded and whether ``rich`` is among them
+(structlog imports it when it is installed, as in the dev venv; a ``kmsd[agent]`` install has
+none). Run with a venv's own python to see that venv's figures.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import ctypes
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,7 @@ def main() -> None:
     import kmsagent.api
     import kmsagent.cli  # noqa: F401 - what ``kmsagent run`` loads
 
-    steps["imports"] = status()
+    steps["imports"] = {**status(), "modules": len(sys.modules), "rich": "rich" in sys.modules}
     asyncio.run(clients(steps))
     print(json.dumps(steps))
 

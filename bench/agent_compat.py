@@ -1,21 +1,22 @@
-"""kmsagent for unchanged applications: the SM Agent API beside the socket API, a put to an
-exec'd command running with the new environment, a put to a rendered file, memory.
+"""kmsagent for unchanged applications: a put to an exec'd command running with the new
+environment, a put to a rendered file, and the memory of the agent as shipped.
 
 Starts ``kmsd dev`` in a fresh folder (``_dev.py``), an application ``prod/compat`` with 100
 secrets of about 200 bytes, an IAM user in moto for the hosts (read binding, keys in a 0600
-credentials file). Scenarios:
+credentials file), and a lean venv with the agent as shipped (``_lean.py``: ``pip install
+'kmsd[agent]'``, built while kmsd is set up, waited for before any measurement). Scenarios:
 
-1. reads - one ``kmsagent run`` with ``--sm-compat-port`` pinned to CPU 0, the load generator
-   on CPU 1; in one run, alternating, ROUNDS rounds of each of: ``GET /v1/secrets/s0`` over the
-   Unix socket and ``GET /secretsmanager/get?secretId=s0`` (with the token header) over
-   127.0.0.1, closed loop (CONCURRENCY clients), then paced at PACED_RATE requests/s (latency
-   from each request's scheduled start). Every round is reported.
-2. exec - ``kmsagent exec --restart-jitter 0 -- python child.py``: the child writes the value
+1. exec - ``kmsagent exec --restart-jitter 0 -- python child.py``: the child writes the value
    it got and ``time.monotonic_ns()`` once started; PUT returned -> the new child's line.
-3. template - ``kmsagent run --template``: PUT returned -> the file holds the new value
-   (``os.stat`` polled every 0.2 ms; the figure's resolution).
-4. rss - the agent of 1 (100 secrets, compat port) and one with 5 templates of the 100
-   secrets, VmRSS once healthy and after renders.
+2. template - ``kmsagent run --template`` (5 templates of 20 secrets each): PUT returned ->
+   the file holds the new value (``os.stat`` polled every 0.2 ms; the figure's resolution).
+3. rss - from the lean venv, then from the dev venv (labelled): ``kmsagent run`` with the
+   100 secrets and ``--sm-compat-port``, VmRSS once healthy and after RSS_READS reads (every
+   fifth one all 100 secrets on the socket, the others one secret through the SM Agent API);
+   ``kmsagent run`` with the 5 templates, VmRSS once rendered and after RSS_RENDERS changes.
+
+Reads through the SM Agent API beside the socket API are measured by ``agent.py`` (its reads
+scenario: load in its own process, the agent alone on a core, every round reported).
 
 Usage: python bench/agent_compat.py [--quick]
 """
@@ -37,21 +38,32 @@ import aiohttp
 import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _lean
+from _agent_procs import mib, proc_status
 from _dev import BIN, Dev, free_port, login_body
 
 APP = "prod/compat"
 SECRETS = 100
-PACED_RATE = 3000.0
-CONCURRENCY = 8
 TOKEN = "bench-compat-token-0123456789abcdef"
+TOKEN_HEADER = "X-Aws-Parameters-Secrets-Token"
+RSS_READS = 500
+RSS_RENDERS = 5
 WAIT_S = 60.0
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return -1.0
+def memory(pid: int) -> dict[str, Any]:
+    """VmRSS in MiB, and the KiB figures it comes from."""
+    status = proc_status(pid)
+    return {"rss_mib": mib(status["rss_kib"]), **status}
+
+
+def holds(path: Path, text: str) -> bool:
+    """``path`` exists and contains ``text``. Read on the loop, not in a thread: the file is
+    small, and a thread hop would blur the 0.2 ms polling that times a render."""
+    try:
+        return text in path.read_text()
+    except FileNotFoundError:
+        return False
 
 
 async def until(check: Any, what: str, every: float = 0.005) -> None:
@@ -127,9 +139,11 @@ class Bench:
             "POST", "/v1/bindings", {"principal": arn, "path": APP, "permission": "read"}
         )
 
-    def agent(self, command: str, name: str, *extra: str, cpu: int | None = None) -> Any:
+    def agent(
+        self, command: str, name: str, *extra: str, bin_dir: Path = BIN
+    ) -> subprocess.Popen[bytes]:
         argv = [
-            str(BIN / "kmsagent"), command, "--path", APP,
+            str(bin_dir / "kmsagent"), command, "--path", APP,
             "--kmsd-addr", self.addr, "--server-id", self.env["KMSD_SERVER_ID"],
             "--credentials", "file", "--credentials-file", str(self.creds),
             "--instance-id", name, *extra,
@@ -141,54 +155,43 @@ class Bench:
             "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_TOKEN": TOKEN,
         }
-        log = (self.run_dir / f"{name}.log").open("w")
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if cpu is not None:
-            os.sched_setaffinity(proc.pid, {cpu})
+        with (self.run_dir / f"{name}.log").open("w") as log:
+            proc = subprocess.Popen(
+                argv, env=_lean.env_for(bin_dir, env), stdout=log, stderr=subprocess.STDOUT
+            )
         self.procs.append(proc)
         return proc
 
-    # -- 1. reads ------------------------------------------------------------------------------
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        self.procs.remove(proc)
 
-    async def reads(self) -> dict[str, Any]:
-        sock, port = str(self.run_dir / "reads.sock"), free_port()
-        proc = self.agent(
-            "run", "reads", "--socket", str(sock), "--sm-compat-port", str(port), cpu=0
-        )
-        unix = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock, limit=64))
-        tcp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+    def template_specs(self, prefix: str) -> tuple[list[str], Path]:
+        """``--template`` options for 5 templates of 20 secrets each; the first output file."""
+        specs = []
+        for n in range(5):
+            src = self.run_dir / f"{prefix}{n}.tpl"
+            src.write_text(
+                "".join(
+                    f"s{i}={{{{ secrets.s{i}.password }}}}\n" for i in range(n * 20, n * 20 + 20)
+                )
+            )
+            specs += ["--template", f"{src}:{self.run_dir / f'{prefix}{n}.out'}"]
+        return specs, self.run_dir / f"{prefix}0.out"
 
-        async def healthy() -> bool:
-            try:
-                async with unix.get("http://a/healthz") as resp:
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
+    async def changed_file(self, name: str, first: Path, value: str) -> None:
+        """Put ``value`` as ``name``'s password and wait until ``first`` shows it."""
 
-        await until(healthy, "the reads agent", 0.05)
-        shapes = {
-            "socket": (unix, "http://a/v1/secrets/s0", {}),
-            "compat": (
-                tcp,
-                f"http://127.0.0.1:{port}/secretsmanager/get?secretId=s0",
-                {"X-Aws-Parameters-Secrets-Token": TOKEN},
-            ),
-        }
-        os.sched_setaffinity(0, {1})
-        rounds = 2 if self.quick else 4
-        seconds = 2.0 if self.quick else 5.0
-        out: dict[str, Any] = {name: {"closed": [], "paced": []} for name in shapes}
-        for _ in range(rounds):
-            for name, (http, url, headers) in shapes.items():
-                out[name]["closed"].append(await closed(http, url, headers, seconds))
-                out[name]["paced"].append(await paced(http, url, headers, seconds))
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-        out["rss_mib_after_reads"] = rss_mib(proc.pid)
-        await unix.close()
-        await tcp.close()
-        return out
+        await self.quiet()
+        await self.put(name, {"user": "u1", "password": value})
+        await until(lambda: self._has(first, f"{name}={value}"), f"{name} rendered", 0.0002)
 
-    # -- 2. exec -------------------------------------------------------------------------------
+    # -- 1. exec -------------------------------------------------------------------------------
 
     async def exec_restart(self) -> dict[str, Any]:
         notes = self.run_dir / "child.jsonl"
@@ -224,119 +227,114 @@ class Bench:
             took.append((line["t"] - put_returned) / 1e6)
         return {"put_to_new_child_ms": took, "p50_ms": round(statistics.median(took), 1)}
 
-    # -- 3. template + 4. rss ------------------------------------------------------------------
+    # -- 2. template ---------------------------------------------------------------------------
 
     async def templates(self) -> dict[str, Any]:
-        specs = []
-        for n in range(5):
-            src = self.run_dir / f"t{n}.tpl"
-            src.write_text(
-                "".join(
-                    f"s{i}={{{{ secrets.s{i}.password }}}}\n" for i in range(n * 20, n * 20 + 20)
-                )
-            )
-            specs += ["--template", f"{src}:{self.run_dir / f't{n}.out'}"]
+        specs, first = self.template_specs("t")
         sock = str(self.run_dir / "tpl.sock")
-        proc = self.agent("run", "templates", "--socket", sock, *specs)
-        first = self.run_dir / "t0.out"
+        self.agent("run", "templates", "--socket", sock, *specs)
 
-        async def rendered(text: str) -> bool:
-            try:
-                return text in first.read_text()
-            except FileNotFoundError:
-                return False
-
-        await until(lambda: rendered("s0="), "the first render", 0.01)
-        rss_healthy = rss_mib(proc.pid)
+        await until(lambda: self._has(first, "s0="), "the first render", 0.01)
         took = []
         for i in range(5 if self.quick else 20):
             value = f"tpl-{i}-" + "x" * 20
             await self.quiet()
             await self.put("s1", {"user": "u1", "password": value})
             put_returned = time.monotonic_ns()
-            await until(lambda v=value: rendered(f"s1={v}"), f"render {i}", 0.0002)
+            await until(lambda v=value: self._has(first, f"s1={v}"), f"render {i}", 0.0002)
             took.append((time.monotonic_ns() - put_returned) / 1e6)
         return {
             "put_to_file_ms": [round(t, 2) for t in took],
             "p50_ms": round(statistics.median(took), 2),
-            "rss_mib_5_templates": rss_mib(proc.pid),
-            "rss_mib_5_templates_healthy": rss_healthy,
         }
 
+    @staticmethod
+    async def _has(path: Path, text: str) -> bool:
+        return holds(path, text)
+
+    # -- 3. rss --------------------------------------------------------------------------------
+
+    async def rss(self, bin_dir: Path, label: str) -> dict[str, Any]:
+        """The two agents' memory, from ``bin_dir``'s kmsagent."""
+        return {
+            "compat_100_secrets": await self._rss_compat(bin_dir, label),
+            "templates_5": await self._rss_templates(bin_dir, label),
+        }
+
+    async def _rss_compat(self, bin_dir: Path, label: str) -> dict[str, Any]:
+        sock, port = str(self.run_dir / f"rss-{label}.sock"), free_port()
+        proc = self.agent(
+            "run", f"rss-{label}", "--socket", sock, "--sm-compat-port", str(port), bin_dir=bin_dir
+        )
+        compat = f"http://127.0.0.1:{port}/secretsmanager/get?secretId="
+        unix = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock))
+        tcp = aiohttp.ClientSession(headers={TOKEN_HEADER: TOKEN})
+        try:
+
+            async def healthy() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"rss-{label} exited with {proc.returncode}")
+                try:
+                    async with unix.get("http://a/healthz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await until(healthy, f"the {label} agent", 0.01)
+            at_start = memory(proc.pid)
+            for i in range(RSS_READS):
+                # Every fifth read all 100 on the socket, the others one through the compat API.
+                one = f"{compat}s{i % SECRETS}"
+                http, url = (unix, "http://a/v1/secrets") if i % 5 == 0 else (tcp, one)
+                async with http.get(url) as resp:
+                    doc = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"rss-{label}: {url} answered {resp.status}: {doc}")
+            after = memory(proc.pid)
+        finally:
+            await unix.close()
+            await tcp.close()
+            self.stop(proc)
+        return {"healthy": at_start, "after_reads": {"reads": RSS_READS, **after}}
+
+    async def _rss_templates(self, bin_dir: Path, label: str) -> dict[str, Any]:
+        specs, first = self.template_specs(f"rss-{label}-")
+        sock = str(self.run_dir / f"rss-tpl-{label}.sock")
+        proc = self.agent("run", f"rss-tpl-{label}", "--socket", sock, *specs, bin_dir=bin_dir)
+        try:
+            await until(lambda: self._has(first, "s0="), f"the {label} agent's render", 0.01)
+            rendered = memory(proc.pid)
+            for i in range(RSS_RENDERS):
+                await self.changed_file("s1", first, f"rss-{label}-{i}-" + "x" * 20)
+            after = memory(proc.pid)
+        finally:
+            self.stop(proc)
+        return {"rendered": rendered, "after_renders": {"renders": RSS_RENDERS, **after}}
+
     async def close(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for proc in list(self.procs):
+            self.stop(proc)
         await self.http.close()
-
-
-async def closed(http: Any, url: str, headers: dict[str, str], seconds: float) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-
-    async def client(until_t: float) -> None:
-        nonlocal errors
-        while time.monotonic() < until_t:
-            t0 = time.perf_counter()
-            async with http.get(url, headers=headers) as resp:
-                await resp.read()
-                errors += resp.status != 200
-            latencies.append(time.perf_counter() - t0)
-
-    await asyncio.gather(*(client(time.monotonic() + 0.5) for _ in range(CONCURRENCY)))
-    latencies.clear()
-    start = time.monotonic()
-    await asyncio.gather(*(client(start + seconds) for _ in range(CONCURRENCY)))
-    return _stats(latencies, time.monotonic() - start, errors)
-
-
-async def paced(http: Any, url: str, headers: dict[str, str], seconds: float) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    errors = 0
-    tasks = []
-
-    async def one(at: float) -> None:
-        nonlocal errors
-        async with http.get(url, headers=headers) as resp:
-            await resp.read()
-            errors += resp.status != 200
-        latencies.append(loop.time() - at)
-
-    start = loop.time() + 0.05
-    for i in range(int(PACED_RATE * seconds)):
-        at = start + i / PACED_RATE
-        while (ahead := at - loop.time()) > 0:  # noqa: ASYNC110 - pacing, not a condition
-            await asyncio.sleep(ahead - 0.002 if ahead > 0.003 else 0)
-        tasks.append(asyncio.create_task(one(at)))
-    await asyncio.gather(*tasks)
-    return {"rate": PACED_RATE, **_stats(latencies, loop.time() - start, errors)}
-
-
-def _stats(latencies: list[float], elapsed: float, errors: int) -> dict[str, Any]:
-    ordered = sorted(latencies)
-    n = len(ordered)
-
-    def pct(q: float) -> float:
-        return round(ordered[min(n - 1, int(n * q))] * 1000, 3) if n else -1.0
-
-    return {"requests": n, "errors": errors, "rps": round(n / elapsed, 1), "p50_ms": pct(0.5),
-            "p99_ms": pct(0.99)}  # fmt: skip
 
 
 async def main(quick: bool) -> dict[str, Any]:
     dev = Dev()
     bench = Bench(dev, quick)
+    lean = asyncio.create_task(asyncio.to_thread(_lean.build, dev.data_dir / "lean"))
     try:
-        await bench.setup()
+        try:
+            await bench.setup()
+        finally:
+            # Built while kmsd is set up; waited for before any measurement (pip takes a core).
+            lean_bin, lean_venv = await lean
         return {
-            "reads": await bench.reads(),
             "exec": await bench.exec_restart(),
             "template": await bench.templates(),
+            "rss": {
+                "lean_venv": lean_venv,
+                "lean": await bench.rss(lean_bin, "lean"),
+                "dev_venv": await bench.rss(BIN, "dev"),
+            },
         }
     finally:
         await bench.close()
@@ -344,19 +342,19 @@ async def main(quick: bool) -> dict[str, Any]:
 
 
 def summary(result: dict[str, Any]) -> str:
-    reads = result["reads"]
+    rss = result["rss"]
 
-    def worst(name: str, shape: str, key: str) -> float:
-        return float(max(r[key] for r in reads[name][shape]))
+    def mibs(label: str) -> str:
+        compat, tpl = rss[label]["compat_100_secrets"], rss[label]["templates_5"]
+        return (
+            f"100 secrets + compat {compat['after_reads']['rss_mib']} MiB, 5 templates "
+            f"{tpl['after_renders']['rss_mib']} MiB"
+        )
 
     return (
-        f"paced {PACED_RATE:.0f}/s p99 (worst round): socket {worst('socket', 'paced', 'p99_ms')}"
-        f" ms, compat {worst('compat', 'paced', 'p99_ms')} ms; closed rps (worst): socket "
-        f"{min(r['rps'] for r in reads['socket']['closed'])}, compat "
-        f"{min(r['rps'] for r in reads['compat']['closed'])}; put->exec child p50 "
-        f"{result['exec']['p50_ms']} ms; put->file p50 {result['template']['p50_ms']} ms; RSS "
-        f"100 secrets {reads['rss_mib_after_reads']} MiB, +5 templates "
-        f"{result['template']['rss_mib_5_templates']} MiB"
+        f"put->exec child p50 {result['exec']['p50_ms']} ms; put->file p50 "
+        f"{result['template']['p50_ms']} ms; RSS as shipped (lean venv): {mibs('lean')}; "
+        f"dev venv: {mibs('dev_venv')}"
     )
 
 

@@ -41,6 +41,7 @@ from kmsagent.templates import Renderer, TemplateError, TemplateSpec, follow, lo
 from kmsagent.tokens import compat_token, read_token
 from kmsagent.upstream import Kmsd, Refused, Unavailable
 from kmsd.aws.login import sts_endpoint_from_env
+from kmsd.cli.parsing import VersionAction
 from kmsd.domain.names import NodePath
 from kmsd.errors import InvalidInput
 from kmsd.logs import configure
@@ -54,6 +55,7 @@ IMDS_DEFAULT = "http://169.254.169.254"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kmsagent", description="kmsd's agent for every host")
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sync the given paths and serve them locally")
     _agent_options(run, socket=DEFAULT_SOCKET)

@@ -7,8 +7,9 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+from kmsd.cli import parsing
 from kmsd.cli.client import Client, CliError, quote_path
-from kmsd.cli.output import Subparsers, emit, print_table, read_verb
+from kmsd.cli.output import Subparsers, emit, output_of, print_table
 from kmsd.cli.rotate_verbs import add_webhook_verb
 
 
@@ -28,26 +29,30 @@ def cmd_whoami(c: Client, args: argparse.Namespace) -> None:
     emit(args, doc, text)
 
 
-def _grant(c: Client, principal: str, path: str, permission: str, cidrs: list[str]) -> None:
+def _grant(c: Client, args: argparse.Namespace, principal: str, path: str, permission: str) -> None:
+    cidrs = args.cidr or []
     body = {"principal": principal, "path": path, "permission": permission, "cidrs": cidrs}
-    doc = c.call("POST", "/v1/bindings", body)
-    print(
-        f"binding {doc['id']}: {doc['principal']} may {doc['permission']} {doc['path']}"
-        + (f" from {', '.join(doc['cidrs'])}" if doc["cidrs"] else "")
+    emit(
+        args,
+        c.call("POST", "/v1/bindings", body),
+        lambda d: print(
+            f"binding {d['id']}: {d['principal']} may {d['permission']} {d['path']}"
+            + (f" from {', '.join(d['cidrs'])}" if d["cidrs"] else "")
+        ),
     )
 
 
 def cmd_access_grant(c: Client, args: argparse.Namespace) -> None:
-    _grant(c, args.principal, args.path, args.permission, args.cidr or [])
+    _grant(c, args, args.principal, args.path, args.permission)
 
 
 def cmd_app_bind(c: Client, args: argparse.Namespace) -> None:
-    _grant(c, args.role, args.app, "read", args.cidr or [])
+    _grant(c, args, args.role, args.app, "read")
 
 
 def cmd_access_revoke(c: Client, args: argparse.Namespace) -> None:
-    c.call("DELETE", f"/v1/bindings/{args.id}")
-    print(f"binding {args.id} revoked")
+    doc = c.call("DELETE", f"/v1/bindings/{args.id}") or {"id": args.id, "revoked": True}
+    emit(args, doc, lambda _: print(f"binding {args.id} revoked"))
 
 
 def cmd_access_list(c: Client, args: argparse.Namespace) -> None:
@@ -62,6 +67,7 @@ def cmd_access_list(c: Client, args: argparse.Namespace) -> None:
             ],
             ("ID", "PATH", "PERMISSION", "PATTERN", "CIDRS"),
         ),
+        items="bindings",
     )
 
 
@@ -75,7 +81,20 @@ def cmd_iam_policy(c: Client, args: argparse.Namespace) -> None:
         doc = c.call(
             "GET", f"/v1/iam-policy/app/{quote_path(args.path)}" + (f"?{query}" if query else "")
         )
-    print(json.dumps(doc, indent=2))
+    # A policy is JSON whatever the output: text and json print it indented, jsonl on one line.
+    print(json.dumps(doc, indent=2) if output_of(args) != "jsonl" else json.dumps(doc))
+
+
+def add_iam_policy_verb(sub: Subparsers) -> None:
+    p = sub.add_parser("iam-policy", help="least-privilege IAM policies (JSON)")
+    p.add_argument("target", choices=("app", "server"))
+    p.add_argument("path", nargs="?", help="for app: namespace/application[/child...]")
+    p.add_argument("--source-cidr", action="append", help="hosts' networks (aws:SourceIp)")
+    p.set_defaults(func=cmd_iam_policy)
+
+
+def add_whoami_verb(sub: Subparsers) -> None:
+    sub.add_parser("whoami", help="your principal and its bindings").set_defaults(func=cmd_whoami)
 
 
 def add_access_verbs(sub: Subparsers) -> None:
@@ -90,7 +109,7 @@ def add_access_verbs(sub: Subparsers) -> None:
     p = asub.add_parser("revoke", help="remove a binding by id")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_access_revoke)
-    p = read_verb(asub.add_parser("list", help="bindings at or under a path"))
+    p = asub.add_parser("list", help="bindings at or under a path")
     p.add_argument("path", nargs="?", default="*")
     p.set_defaults(func=cmd_access_list)
     app = sub.add_parser("app", help="applications")
@@ -137,7 +156,7 @@ def cmd_audit_list(c: Client, args: argparse.Namespace) -> None:
             ("SEQ", "AT", "PRINCIPAL", "IP", "ACTION", "TARGET", "OUTCOME", "STATUS"),
         )
 
-    emit(args, doc, text)
+    emit(args, doc, text, items="rows")
 
 
 def cmd_audit_verify(c: Client, args: argparse.Namespace) -> None:
@@ -160,16 +179,20 @@ def cmd_audit_verify(c: Client, args: argparse.Namespace) -> None:
 def add_audit_verbs(sub: Subparsers) -> None:
     audit = sub.add_parser("audit", help="the audit trail")
     asub = audit.add_subparsers(dest="verb", required=True)
-    p = read_verb(asub.add_parser("list", help="recent audit rows, newest first"))
+    p = asub.add_parser("list", help="recent audit rows, newest first")
     p.add_argument("--principal", help="exact principal ARN")
     p.add_argument("--path", help="target path (and everything below it)")
     p.add_argument("--action", help="e.g. secret.put, auth.login, watch")
     p.add_argument("--outcome", choices=("allowed", "denied", "rejected", "error", "attempt"))
-    p.add_argument("--since", help="ISO 8601 time with zone")
-    p.add_argument("--until", help="ISO 8601 time with zone")
+    for bound in ("--since", "--until"):
+        p.add_argument(
+            bound,
+            type=parsing.time_ago,
+            help="ISO 8601 time with zone, or a duration ago (90d, 12h, 15m)",
+        )
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_audit_list)
-    p = read_verb(asub.add_parser("verify", help="walk the hash chain, name the first bad row"))
+    p = asub.add_parser("verify", help="walk the hash chain, name the first bad row")
     p.set_defaults(func=cmd_audit_verify)
 
 
@@ -203,7 +226,7 @@ def cmd_outbox_list(c: Client, args: argparse.Namespace) -> None:
                 "in SM, then: kmsctl outbox retry ID, or kmsctl outbox discard ID"
             )
 
-    emit(args, doc, text)
+    emit(args, doc, text, items="writes")
 
 
 def cmd_outbox_retry(c: Client, args: argparse.Namespace) -> None:
@@ -223,14 +246,14 @@ def cmd_outbox_discard(c: Client, args: argparse.Namespace) -> None:
 def add_outbox_verbs(sub: Subparsers) -> None:
     outbox = sub.add_parser("outbox", help="writes in doubt and the ones the reconciler gave up")
     osub = outbox.add_subparsers(dest="verb", required=True)
-    p = read_verb(osub.add_parser("list", help="writes in doubt, oldest first"))
+    p = osub.add_parser("list", help="writes in doubt, oldest first")
     p.add_argument("--quarantined", action="store_true", help="only quarantined writes")
     p.set_defaults(func=cmd_outbox_list)
     for verb, func, text in (
         ("retry", cmd_outbox_retry, "give a quarantined write back to the reconciler"),
         ("discard", cmd_outbox_discard, "drop a quarantined write (it never becomes current)"),
     ):
-        p = read_verb(osub.add_parser(verb, help=text))
+        p = osub.add_parser(verb, help=text)
         p.add_argument("id", type=_outbox_id, help="the write's ID (kmsctl outbox list)")
         p.set_defaults(func=func)
 

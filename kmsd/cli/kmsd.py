@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from kmsd.app import create_app
+from kmsd.cli import parsing
 from kmsd.config import DEFAULT_PORT, Settings
 from kmsd.db import grants
 from kmsd.db.connect import DatabaseStartError, describe, redact_dsn, wait_for_database
@@ -138,23 +139,14 @@ async def _migrate_only(settings: Settings, wait_db_s: float, grant_to: str | No
         print(f"granted {grant_to} kmsd's runtime privileges (and no others)")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError("give zero (one attempt) or a positive number")
-    return value
-
-
 def _say(message: str) -> None:
     with contextlib.suppress(OSError):
         print(f"kmsd: {message}", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kmsd", description=__doc__.split("\n", 1)[0])
+    parser = parsing.CliParser(prog="kmsd", description=__doc__.split("\n", 1)[0])
+    parsing.add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve", help="run kmsd (configuration from KMSD_* environment variables)"
@@ -169,20 +161,26 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (serve, mig):
         p.add_argument(
             "--wait-db",
-            type=_seconds,
+            type=parsing.seconds_float,
             default=DEFAULT_WAIT_DB_S,
-            metavar="SECONDS",
-            help="keep trying to reach PostgreSQL this long before giving up "
-            f"(default {DEFAULT_WAIT_DB_S:g}; 0: one attempt)",
+            metavar="DURATION",
+            help="keep trying to reach PostgreSQL this long before giving up: seconds, or e.g. "
+            f"2m (default {DEFAULT_WAIT_DB_S:g}; 0: one attempt)",
         )
     dev = sub.add_parser("dev", help="run kmsd with embedded PostgreSQL and moto's AWS server")
     dev.add_argument("--port", type=int, default=DEFAULT_PORT)
-    dev.add_argument("--data-dir", default="./.kmsd-dev")
+    dev.add_argument(
+        "--data-dir",
+        default="./.kmsd-dev",
+        help="PostgreSQL data, moto's recording and the env file (exported as KMSD_DEV_DIR)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parsing.autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -190,15 +188,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _run_dev(args: argparse.Namespace) -> int:
+    from kmsd.cli.dev import run_dev
+
+    try:
+        return run_dev(args.port, args.data_dir)
+    except StartupFailed as exc:
+        _say(str(exc))
+    except Exception as exc:  # embedded PostgreSQL or moto refused to start, or a bug
+        _say(f"dev mode failed: {type(exc).__name__}: {exc}")
+    return EXIT_FAILED
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "dev":
-        from kmsd.cli.dev import run_dev
-
-        try:
-            return run_dev(args.port, args.data_dir)
-        except StartupFailed as exc:
-            _say(str(exc))
-            return EXIT_FAILED
+        return _run_dev(args)
     try:
         settings = Settings.from_env()
         load_profile(settings.security_profile)  # refuse to start on a broken profile

@@ -82,7 +82,9 @@ class VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
-        parser.exit(0, f"{parser.prog} {version()}\n")
+        # On stdout, as argparse's own version action prints it.
+        print(f"{parser.prog} {version()}")
+        parser.exit()
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:

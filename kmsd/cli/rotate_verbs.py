@@ -11,8 +11,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from kmsd.cli import parsing
 from kmsd.cli.client import Client, CliError, quote_path, read_input, transient
-from kmsd.cli.output import Subparsers, emit, read_verb
+from kmsd.cli.output import NONE, Subparsers, cell, emit, emit_stream, output_of
 from kmsd.domain.backoff import Backoff
 
 BAR_WIDTH = 30
@@ -44,7 +45,7 @@ def cmd_rotate_start(c: Client, args: argparse.Namespace) -> None:
         body["leaked"] = True
     doc = c.call("POST", "/v1/rotations", body)
     if args.follow:
-        _follow(c, doc["id"], live=sys.stdout.isatty())
+        _follow(c, doc["id"], args)
         return
     emit(args, doc, render_status)
 
@@ -61,17 +62,18 @@ def _command(verb: str) -> Any:
 def cmd_rotate_status(c: Client, args: argparse.Namespace) -> None:
     if args.id is None:
         doc = c.call("GET", "/v1/rotations?active=true")
-        emit(args, doc, _print_list)
+        emit(args, doc, _print_list, items="rotations")
         return
-    if args.follow and args.output != "json":
-        _follow(c, args.id, live=sys.stdout.isatty())
+    if args.follow:
+        _follow(c, args.id, args)
         return
     emit(args, c.call("GET", f"/v1/rotations/{args.id}"), render_status)
 
 
-def _follow(c: Client, rotation_id: int, *, live: bool) -> None:
+def _follow(c: Client, rotation_id: int, args: argparse.Namespace) -> None:
     """Redraw the status every second until the rotation is over (in place on a terminal;
-    elsewhere one block per change)."""
+    elsewhere one block per change; with json or jsonl one compact line per change)."""
+    live = output_of(args) == "text" and sys.stdout.isatty()
     last = None
     backoff = Backoff(FOLLOW_INTERVAL_S, FOLLOW_RETRY_CAP_S)
     while True:
@@ -92,8 +94,7 @@ def _follow(c: Client, rotation_id: int, *, live: bool) -> None:
         if shown != last:
             if live:
                 sys.stdout.write("\x1b[H\x1b[2J")
-            render_status(doc)
-            sys.stdout.flush()
+            emit_stream(args, doc, render_status)
             last = shown
         if doc["phase"] in FINAL_PHASES:
             return
@@ -102,13 +103,13 @@ def _follow(c: Client, rotation_id: int, *, live: bool) -> None:
 
 def cmd_rotate_list(c: Client, args: argparse.Namespace) -> None:
     query = f"?path={quote_path(args.path)}" if args.path else ""
-    emit(args, c.call("GET", f"/v1/rotations{query}"), _print_list)
+    emit(args, c.call("GET", f"/v1/rotations{query}"), _print_list, items="rotations")
 
 
 def _print_list(doc: dict[str, Any]) -> None:
     rows = doc["rotations"]
     if not rows:
-        print("no rotations")
+        print(NONE)
         return
     for r in rows:
         flags = ",".join(f for f in ("paused", "leaked", "timed_out") if r.get(f))
@@ -135,7 +136,7 @@ def render_status(doc: dict[str, Any]) -> None:
         f"rotation #{doc['id']}  {doc['path']}/{doc['name']}  {doc['phase'].upper()}"
         f"  mode={doc['mode']}" + (f"  [{', '.join(flags)}]" if flags else "")
     )
-    print(f"  new {doc['new_version']}  old {doc['old_version']}")
+    print(f"  new {cell(doc.get('new_version'))}  old {cell(doc.get('old_version'))}")
     gate = doc.get("gate")
     if gate:
         counts = gate["counts"]
@@ -163,7 +164,7 @@ def render_status(doc: dict[str, Any]) -> None:
             _print_hints(doc["id"], gate["waiting"])
     for e in doc.get("events", [])[-5:]:
         forced = " FORCED" if e["forced"] else ""
-        print(f"  {e['at'][:19]}  {e['action']}{forced}  by {e['actor']}")
+        print(f"  {e['at'][:19]}  {e['action']}{forced}  by {cell(e.get('actor'))}")
 
 
 def _when(iso: str, now: datetime) -> str:
@@ -218,8 +219,12 @@ def _print_hints(rotation_id: int, waiting: list[dict[str, Any]]) -> None:
 
 def cmd_app_webhook(c: Client, args: argparse.Namespace) -> None:
     if args.delete:
-        c.call("DELETE", f"/v1/webhooks/{quote_path(args.app)}")
-        print(f"webhook of {args.app} removed")
+        doc = c.call("DELETE", f"/v1/webhooks/{quote_path(args.app)}")
+        emit(
+            args,
+            doc or {"app": args.app, "deleted": True},
+            lambda _: print(f"webhook of {args.app} removed"),
+        )
         return
     if not args.url:
         raise CliError("give --url URL (or --delete)")
@@ -249,7 +254,7 @@ def cmd_console(c: Client, args: argparse.Namespace) -> None:
 def add_rotate_verbs(sub: Subparsers) -> None:
     rotate = sub.add_parser("rotate", help="rotate a secret through pending -> current -> revoked")
     rsub = rotate.add_subparsers(dest="verb", required=True)
-    p = read_verb(rsub.add_parser("start", help="add the new version as pending"))
+    p = rsub.add_parser("start", help="add the new version as pending")
     p.add_argument("path")
     p.add_argument("name")
     src = p.add_mutually_exclusive_group(required=True)
@@ -257,7 +262,9 @@ def add_rotate_verbs(sub: Subparsers) -> None:
     src.add_argument("--file", help="the new binary value from a file; '-' reads stdin")
     src.add_argument("--generate", action="store_true", help="by the secret's stored spec")
     p.add_argument("--mode", choices=("auto", "manual"), help="default manual (leaked: auto)")
-    p.add_argument("--gate-timeout", help="e.g. 15m, 2h (default 1h; leaked: 5m)")
+    p.add_argument(
+        "--gate-timeout", type=parsing.gate_timeout, help="e.g. 15m, 2h (default 1h; leaked: 5m)"
+    )
     p.add_argument("--leaked", action="store_true", help="auto mode, short gate timeout")
     p.add_argument("--follow", action="store_true", help="then show progress until it ends")
     p.set_defaults(func=cmd_rotate_start)
@@ -268,26 +275,26 @@ def add_rotate_verbs(sub: Subparsers) -> None:
         ("abort", "before promotion: drop the pending version"),
         ("rollback", "after promotion or revocation: the old version is current again"),
     ):
-        p = read_verb(rsub.add_parser(verb, help=text))
+        p = rsub.add_parser(verb, help=text)
         p.add_argument("id", type=int)
         if verb == "advance":
             p.add_argument("--force", action="store_true", help="past an unmet gate (audited)")
         p.set_defaults(func=_command(verb))
-    p = read_verb(rsub.add_parser("status", help="progress of one rotation, or the active ones"))
+    p = rsub.add_parser("status", help="progress of one rotation, or the active ones")
     p.add_argument("id", type=int, nargs="?")
     p.add_argument("--follow", action="store_true", help="redraw every second until it ends")
     p.set_defaults(func=cmd_rotate_status)
-    p = read_verb(rsub.add_parser("list", help="recent rotations"))
+    p = rsub.add_parser("list", help="recent rotations")
     p.add_argument("--path")
     p.set_defaults(func=cmd_rotate_list)
 
-    p = read_verb(sub.add_parser("console", help="a one-time link to the web console"))
+    p = sub.add_parser("console", help="a one-time link to the web console")
     p.add_argument("--rotation", type=int, help="open this rotation's dashboard")
     p.set_defaults(func=cmd_console)
 
 
 def add_webhook_verb(app_sub: Subparsers) -> None:
-    p = read_verb(app_sub.add_parser("webhook", help="signed rotation events for an application"))
+    p = app_sub.add_parser("webhook", help="signed rotation events for an application")
     p.add_argument("app", help="namespace/application")
     p.add_argument("--url", help="where to POST events")
     p.add_argument("--delete", action="store_true")

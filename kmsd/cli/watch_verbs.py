@@ -18,8 +18,9 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
+from kmsd.cli import parsing
 from kmsd.cli.client import Client, CliError, HttpError, Unreachable, quote_path, transient
-from kmsd.cli.output import Subparsers, emit, print_table, read_verb
+from kmsd.cli.output import Subparsers, emit, emit_stream, print_table
 from kmsd.domain.backoff import Backoff
 
 # First retry after 0.2 s (a replica restarting behind a load balancer is often back at once),
@@ -110,7 +111,7 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> None:
             continue
         version = doc["path_version"]
         outage.regained(version)
-        emit(
+        emit_stream(
             args,
             doc,
             lambda d: print(
@@ -118,7 +119,6 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> None:
                 f"hash={d['hash'][:16]} secrets={len(d['secrets'])}"
             ),
         )
-        sys.stdout.flush()
         if args.once:
             return
 
@@ -197,23 +197,29 @@ def cmd_adoption(c: Client, args: argparse.Namespace) -> None:
 
 
 def add_watch_verbs(sub: Subparsers) -> None:
-    p = read_verb(
-        sub.add_parser(
-            "adoption",
-            help="which instances hold which versions; 'forget PATH INSTANCE' drops one",
-            usage="kmsctl adoption [--output {text,json}] PATH\n"
-            "       kmsctl adoption [--output {text,json}] forget PATH INSTANCE",
-            description="Show which instances hold which versions of a path's secrets, or "
-            "forget an instance that is gone (it stops counting in rotation gates).",
-        )
+    p = sub.add_parser(
+        "adoption",
+        help="which instances hold which versions; 'forget PATH INSTANCE' drops one",
+        usage="kmsctl adoption [-o {text,json,jsonl}] PATH\n"
+        "       kmsctl adoption [-o {text,json,jsonl}] forget PATH INSTANCE",
+        description="Show which instances hold which versions of a path's secrets, or "
+        "forget an instance that is gone (it stops counting in rotation gates).",
     )
     p.add_argument("words", nargs="+", metavar="PATH | forget PATH INSTANCE")
     p.set_defaults(func=cmd_adoption)
 
-    p = read_verb(sub.add_parser("watch", help="long-poll a path and print each change"))
+    p = sub.add_parser(
+        "watch",
+        help="long-poll a path and print each change (json, jsonl: one compact line each)",
+    )
     p.add_argument("path")
     p.add_argument("--version", type=int, help="path_version you hold (default: the current one)")
-    p.add_argument("--timeout", type=int, default=90, help="hold time asked of kmsd (s)")
+    p.add_argument(
+        "--timeout",
+        type=parsing.seconds,
+        default=90,
+        help="hold time asked of kmsd: seconds, or e.g. 2m (default 90)",
+    )
     p.add_argument("--instance-id", help="reported in adoption (default kmsctl-PID)")
     p.add_argument("--once", action="store_true", help="exit after the first change")
     p.set_defaults(func=cmd_watch)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import socket
 import sys
 import urllib.request
@@ -188,7 +189,26 @@ def make_user(endpoint: str, name: str) -> tuple[str, str, str]:
 
 
 def env_lines(values: dict[str, str]) -> str:
-    return "".join(f"export {k}={v}\n" for k, v in values.items())
+    """``export K=V`` lines for a shell to source, each value quoted if it needs it."""
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
+def operator_env(
+    addr: str, endpoint: str, keys: tuple[str, str], *, host_arn: str, data_dir: Path
+) -> dict[str, str]:
+    """What ``DATA_DIR/env`` exports for the operator's shell (kmsctl, the walkthrough)."""
+    return {
+        "KMSD_ADDR": addr,
+        "KMSD_SERVER_ID": DEV_SERVER_ID,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": keys[0],
+        "AWS_SECRET_ACCESS_KEY": keys[1],
+        "AWS_DEFAULT_REGION": DEV_REGION,
+        "KMSD_DEV_HOST_ARN": host_arn,
+        # Where this dev server keeps its files (host-credentials, room for an agent's socket),
+        # so that instructions work as written whatever --data-dir was given.
+        "KMSD_DEV_DIR": str(data_dir),
+    }
 
 
 def run_dev(port: int, data_dir: str) -> int:
@@ -213,15 +233,9 @@ def run_dev(port: int, data_dir: str) -> int:
             f"[default]\naws_access_key_id = {host_key}\naws_secret_access_key = {host_secret}\n"
         )
         addr = f"http://127.0.0.1:{port}"
-        client_env = {
-            "KMSD_ADDR": addr,
-            "KMSD_SERVER_ID": DEV_SERVER_ID,
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": op_key,
-            "AWS_SECRET_ACCESS_KEY": op_secret,
-            "AWS_DEFAULT_REGION": DEV_REGION,
-            "KMSD_DEV_HOST_ARN": host_arn,
-        }
+        client_env = operator_env(
+            addr, endpoint, (op_key, op_secret), host_arn=host_arn, data_dir=root
+        )
         env_file = root / "env"
         env_file.write_text(env_lines(client_env))
         env_file.chmod(0o600)

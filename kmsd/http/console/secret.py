@@ -1,16 +1,116 @@
-"""The console's secret pages (to come)."""
+"""The console's secret page: one secret's metadata, versions and the changes it offers.
+
+Everything shown is what ``GET /v1/secrets/PATH/NAME`` answers (kmsd never holds a value).
+The value entry is write-only: its fields are cleared by ``console.js`` after every attempt,
+and nothing on the page ever comes from Secrets Manager. A secret the viewer may not view is a
+404, the same answer as a missing one.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from aiohttp import web
 
-from kmsd.http.openapi_schemas import Schema
+from kmsd.db import store
+from kmsd.domain.names import NodePath, check_segment
+from kmsd.errors import InvalidInput, NotFound
+from kmsd.http.console.openapi import page as doc_page
+from kmsd.http.console.pages import page, viewer
+from kmsd.http.openapi_ops import tail
+from kmsd.http.openapi_schemas import SECRET_REF, Schema
+from kmsd.keys import POOL, ROTATIONS, SETTINGS
+
+SECRET_PARAM = tail(
+    "path", SECRET_REF, "PATH/NAME: a node path, then the secret's name", "prod/payments/db"
+)
+
+
+def _split(raw: str) -> tuple[NodePath, str]:
+    path, _, name = raw.rpartition("/")
+    if not path:
+        raise InvalidInput("expected PATH/NAME: a node path, then the secret name")
+    return NodePath.parse(path), check_segment(name, "secret name")
+
+
+async def describe(request: web.Request, path: NodePath, name: str) -> dict[str, Any]:
+    """The secret's metadata, as the API's describe answer has it."""
+    async with request.app[POOL].acquire() as conn:
+        node = await store.get_node(conn, path)
+        row = await store.get_secret(conn, node["id"], name)
+        if row is None:
+            raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
+        versions = await store.secret_versions(conn, row["id"])
+    return {
+        "path": str(path),
+        "name": row["name"],
+        "kind": row["kind"],
+        "sm_arn": row["sm_arn"],
+        "description": row["description"],
+        "tags": orjson.loads(row["tags"]),
+        "created_by": row["created_by"],
+        "created_at": store.iso(row["created_at"]),
+        "updated_at": store.iso(row["updated_at"]),
+        "expires_at": store.iso(row["expires_at"]),
+        "generated": orjson.loads(row["spec"]) if row["spec"] else None,
+        "public_key_pem": row["public_key"],
+        "cmk_arn": row["cmk_arn"],
+        "period_days": row["period_days"],
+        "versions": versions,
+    }
+
+
+def regenerate_body(spec: dict[str, Any] | None) -> str:
+    """The generate request that makes another key of the same spec ("" for none)."""
+    if not spec:
+        return ""
+    body = {"use": spec["use"], "algorithm": spec["algorithm"]}
+    if spec.get("size") is not None:
+        body["length"] = spec["size"]
+    body["lifetime_days"] = spec["lifetime_days"]
+    return orjson.dumps(body).decode()
+
+
+async def secret_page(request: web.Request) -> web.Response:
+    path, name = _split(request.match_info["path"])
+    who = await viewer(request)
+    if not who.may("view", str(path)):
+        raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
+    doc = await describe(request, path, name)
+    rotations = [
+        r
+        for r in await request.app[ROTATIONS].list(str(path), active_only=False, limit=50)
+        if r["name"] == name
+    ]
+    return await page(
+        request,
+        "secret.html",
+        "tree",
+        who=who,
+        doc=doc,
+        rotations=rotations,
+        can_edit=who.may("edit", str(path)),
+        recovery_days=request.app[SETTINGS].sm_recovery_window_days,
+        regenerate=regenerate_body(doc["generated"]),
+        tags_json=orjson.dumps(doc["tags"]).decode(),
+    )
 
 
 def routes(app: web.Application) -> None:
     """Add this module's pages to ``app``."""
+    app.router.add_get("/ui/secret/{path:.+}", secret_page)
 
 
 def openapi_paths() -> dict[str, dict[str, Schema]]:
     """This module's pages in the OpenAPI document."""
-    return {}
+    return {
+        "/ui/secret/{path}": {
+            "get": doc_page(
+                "console_secret",
+                "A secret's metadata, versions and stages, with its write-only value entry",
+                (SECRET_PARAM,),
+                (404,),
+            )
+        },
+    }

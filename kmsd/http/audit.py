@@ -58,6 +58,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/bindings"): "binding.grant",
     ("DELETE", "/v1/bindings/{id}"): "binding.revoke",
     ("GET", "/v1/iam-policy/app/{path}"): "iam_policy.app",
+    ("GET", "/v1/iam-policy/drift/{path}"): "iam_policy.drift",
     ("GET", "/v1/iam-policy/server"): "iam_policy.server",
     ("GET", "/v1/expiring"): "secret.expiring",
     ("POST", "/v1/shares"): "share.create",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kmsd.domain.access import PERMISSIONS
+from kmsd.domain.iam import SHAPES
 from kmsd.domain.rotation import MODES, PHASES
 from kmsd.domain.tree import KINDS, STAGES
 from kmsd.errors import (
@@ -285,6 +286,23 @@ ANSWERS: dict[str, Schema] = {
         ("path", "instance_id", "forgotten"),
     ),
     "IamPolicy": _POLICY,
+    "IamPolicyDrift": obj(
+        {
+            "path": string(),
+            "fetched_at": NULLABLE_TIME,
+            "shape": {"enum": [*SHAPES, None]},
+            "source_cidrs": array(string()),
+            "added_since": array(
+                string(description="PATH/NAME of a secret or reference made after the fetch")
+            ),
+            "uncovered": array(
+                string(description="an ARN the policy needs now and the fetched one lacks")
+            ),
+            "needs_reapply": {"type": "boolean"},
+        },
+        ("path", "fetched_at", "shape", "added_since", "uncovered", "needs_reapply"),
+        description="never fetched: fetched_at and shape null, needs_reapply true",
+    ),
     "AuditRows": obj(
         {
             "rows": array(

@@ -403,6 +403,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/adoption/{path:.+}", adoption)
     app.router.add_delete("/v1/adoption/{path:.+}", forget_instance)
     app.router.add_get("/v1/iam-policy/app/{path:.+}", iam.app)
+    app.router.add_get("/v1/iam-policy/drift/{path:.+}", iam.drift)
     app.router.add_get("/v1/iam-policy/server", iam.server)
     app.router.add_get("/v1/audit", audit_list)
     app.router.add_post("/v1/audit/verify", audit_verify)

@@ -308,6 +308,9 @@ async def test_answers_are_what_the_document_says(
     await call(
         "GET", "/v1/iam-policy/app/{path}", f"/v1/iam-policy/app/{app}?source_cidr=10.0.0.0/8"
     )
+    await call("GET", "/v1/iam-policy/drift/{path}", f"/v1/iam-policy/drift/{node}")  # never
+    await call("GET", "/v1/iam-policy/app/{path}", f"/v1/iam-policy/app/{node}?shape=exact")
+    await call("GET", "/v1/iam-policy/drift/{path}", f"/v1/iam-policy/drift/{app}")
     await call("GET", "/v1/iam-policy/server", "/v1/iam-policy/server")
     rotation = {"path": app, "name": "db", "value": {"user": "u", "password": "q"}}
     rot = await call("POST", "/v1/rotations", "/v1/rotations", json=rotation)

@@ -35,7 +35,14 @@ async def rotations_page(request: web.Request) -> web.Response:
         for r in await request.app[ROTATIONS].list(None, active_only=False, limit=200)
         if who.may("view", r["path"])
     ]
-    return await page(request, "rotations.html", "rotations", who=who, rotations=rows)
+    return await page(
+        request,
+        "rotations.html",
+        "rotations",
+        who=who,
+        rotations=rows,
+        leaked_minutes=int(machine.LEAKED_GATE_TIMEOUT.total_seconds() // 60),
+    )
 
 
 async def rotation_page(request: web.Request) -> web.Response:

@@ -100,7 +100,7 @@ async def test_the_referencing_hosts_policy_reads_the_shared_secret_current_only
     api: Api,
 ) -> None:
     v1 = await _setup(api)
-    policy = await api.ok("GET", "/v1/iam-policy/app/prod/b")
+    policy = await api.ok("GET", "/v1/iam-policy/app/prod/b?shape=exact")
     (statement,) = policy["Statement"]
     assert statement["Sid"] == "ReadSharedSecretsCurrentOnly"
     assert statement["Resource"] == [v1["sm_arn"]]

@@ -26,7 +26,7 @@ from kmsd.keys import CLOCK, POOL, SESSIONS, SETTINGS
 LINK_TTL = timedelta(minutes=2)
 CONSOLE_TTL = timedelta(hours=8)
 HOME = "/ui/tree"
-# Where a link may lead: a console page of this host (no scheme, no host, no "//").
+# Where a link may lead: a console page of this host (no scheme, no host, no "//", no "..").
 _NEXT = re.compile(r"/ui(/[A-Za-z0-9._~-]+)*")
 _INSERT_CODE = """
 INSERT INTO console_codes (code_hash, principal, expires_at, ip) VALUES ($1, $2, $3, $4)
@@ -45,7 +45,9 @@ def _hash(code: str) -> str:
 def safe_next(target: str) -> str:
     """A console page to go to after signing in; the tree for anything else (no open
     redirect)."""
-    return target if _NEXT.fullmatch(target) and target != "/ui" else HOME
+    parts = target.split("/")
+    ok = _NEXT.fullmatch(target) and target != "/ui" and "." not in parts and ".." not in parts
+    return target if ok else HOME
 
 
 async def create_link(request: web.Request) -> web.Response:

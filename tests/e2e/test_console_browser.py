@@ -175,6 +175,21 @@ async def test_a_rotation_run_from_the_console_while_a_viewer_can_only_watch(
         doc = await asyncio.to_thread(ops.json, "rotate", "status", str(rot["id"]))
         assert doc["phase"] == "promoted"  # the forged rollback changed nothing
 
+        # Every section, as the operator sees it once the rotation is under way.
+        for name, path in (
+            ("tree", "/ui/tree"),
+            ("node", "/ui/node/prod/shop"),
+            ("secret", "/ui/secret/prod/shop/db"),
+            ("access", "/ui/access?path=prod/shop"),
+            ("audit", "/ui/audit?path=prod/shop"),
+            ("fleet", "/ui/fleet"),
+            ("expiring", "/ui/expiring"),
+        ):
+            answer = await page.goto(f"{kmsd.addr}{path}")
+            assert answer is not None
+            assert answer.status == 200, path
+            await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
         assert seen.documents, "no page was loaded"
         for url, headers in seen.documents:
             if "/ui/login" in url:

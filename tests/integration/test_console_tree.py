@@ -3,10 +3,12 @@ never appears on a page (a value), and who is offered, or refused, a change."""
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
 import asyncpg
+import boto3
 import orjson
 import pytest
 
@@ -56,11 +58,22 @@ async def _seed(api: Api) -> None:
     await api.ok("POST", f"/v1/generate/{APP}/sig", json={"use": "signing"})
     await api.ok("POST", "/v1/shares", json={"secret": f"{APP}/api", "to": "prod/billing"})
     await api.ok("PUT", "/v1/refs/prod/billing/pay-api", json={"target": f"{APP}/api"})
+    binary = {"kind": "binary", "value_b64": base64.b64encode(VALUE.encode()).decode()}
+    await api.ok("PUT", f"/v1/secrets/{NODE}/tls", json=binary)
+
+
+async def _datakey(api: Api, moto_endpoint: str) -> None:
+    kms = boto3.client("kms", endpoint_url=moto_endpoint, region_name="us-east-1")
+    cmk = kms.create_key()["KeyMetadata"]["Arn"]
+    await api.ok("POST", f"/v1/datakeys/{APP}/files", json={"cmk": cmk, "period_days": 30})
 
 
 @pytest.mark.usefixtures("db")
-async def test_the_tree_and_a_nodes_override_chain_show_metadata_never_a_value(api: Api) -> None:
+async def test_the_tree_and_a_nodes_override_chain_show_metadata_never_a_value(
+    api: Api, moto_endpoint: str
+) -> None:
     await _seed(api)
+    await _datakey(api, moto_endpoint)
     await _console(api)
     tree = await _page(api, "/ui/tree")
     for path in ("prod", APP, NODE, "prod/billing"):
@@ -85,13 +98,23 @@ async def test_the_tree_and_a_nodes_override_chain_show_metadata_never_a_value(a
     secret = await _page(api, f"/ui/secret/{APP}/sig")
     assert "BEGIN PUBLIC KEY" in secret
     assert "signing" in secret
-    pages = [tree, node, app_page, billing, secret]
-    pages.append(await _page(api, f"/ui/secret/{NODE}/db"))
-    pages.append(await _page(api, f"/ui/secret/{APP}/db"))
-    assert "recovery window" in pages[-1]
-    assert "data-secret" in pages[-1]  # the write-only entry is offered to an editor
+    regional = await _page(api, f"/ui/secret/{NODE}/db")
+    db_page = await _page(api, f"/ui/secret/{APP}/db")
+    assert "recovery window" in db_page
+    assert "data-secret" in db_page  # the write-only entry is offered to an editor
+    assert "the app&#39;s database" in db_page
+    namespace = await _page(api, "/ui/node/prod")
+    assert 'id="effective"' not in namespace  # effective sets start at an application
+    assert f'href="/ui/node/{APP}"' in namespace
+    binary = await _page(api, f"/ui/secret/{NODE}/tls")
+    assert 'type="file" name="value_b64" data-type="b64" data-secret' in binary
+    datakey = await _page(api, f"/ui/secret/{APP}/files")
+    assert "30 days" in datakey
+    assert 'data-api="POST /v1/datakeys/prod/pay/files"' in datakey
+    pages = [tree, node, app_page, billing, secret, regional, db_page, namespace, binary, datakey]
     for text in pages:
         assert VALUE not in text
+        assert base64.b64encode(VALUE.encode()).decode() not in text
         assert "PRIVATE KEY" not in text
         assert "style=" not in text  # the CSP forbids inline style: none is written
         assert "<script>" not in text

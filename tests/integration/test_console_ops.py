@@ -96,6 +96,9 @@ async def test_every_page_renders_for_an_admin_with_its_data(
     assert "No policy has been fetched" in access
     await api.ok("GET", f"/v1/iam-policy/app/{APP}")
     assert "still covers" in await admin.get(f"/ui/access?path={APP}")
+    await api.put_json(f"{NODE}/extra", {"k": "v"})
+    after = await admin.get(f"/ui/access?path={APP}")
+    assert f"<code>{NODE}/extra</code>" in after  # made since the fetch
     assert "/v1/bindings" in await admin.get("/ui/access")  # the whole tree
 
     fleet = await admin.get("/ui/fleet")
@@ -157,6 +160,7 @@ async def test_a_viewer_sees_no_grant_forms_and_cannot_forge_a_revoke(
     csrf = await viewer.csrf()
     status, problem = await viewer.call("DELETE", f"/v1/bindings/{binding['id']}", csrf)
     assert status == 403, problem
+    assert binding["id"] in [b["id"] for b in (await api.ok("GET", "/v1/bindings"))["bindings"]]
     status, problem = await viewer.call(
         "POST",
         "/v1/bindings",

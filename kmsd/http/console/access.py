@@ -4,7 +4,8 @@
 the same ``view`` check), with grant and revoke forms that call ``POST /v1/bindings`` and
 ``DELETE /v1/bindings/{id}`` themselves, shown only to who may administer the prefix (the API
 decides again). For an application it adds the IAM policy its hosts need now and whether the
-policy last fetched through the API (``kmsctl iam-policy``) still covers it.
+policy last fetched through the API (``kmsctl iam-policy app``) still covers it: what
+``GET /v1/iam-policy/drift/{path}`` answers, computed the same way.
 
 The page computes the policy without recording a fetch: only a fetch through the API is
 presumed applied, so opening a page never silences a drift warning.
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kmsd.db import store
 from kmsd.domain.access import PERMISSIONS, ROOT, covers
 from kmsd.domain.iam import DEFAULT_SHAPE, NothingToGrant, uncovered
 from kmsd.domain.names import NodePath
@@ -83,7 +85,12 @@ async def _iam_of(request: web.Request, path: NodePath) -> tuple[str | None, dic
     shown = orjson.dumps(needed, option=orjson.OPT_INDENT_2).decode() if needed else None
     last = await pool.fetchrow(iam.LAST_FETCH, node_id)
     if last is None:
-        return shown, {"fetched_at": None, "uncovered": [], "needs_reapply": True}
+        return shown, {
+            "fetched_at": None,
+            "added_since": [],
+            "uncovered": [],
+            "needs_reapply": True,
+        }
     try:
         then: dict[str, Any] | None = await iam._policy(
             request, path, last["shape"], list(last["source_cidrs"])
@@ -91,8 +98,13 @@ async def _iam_of(request: web.Request, path: NodePath) -> tuple[str | None, dic
     except NothingToGrant:
         then = None
     missing = uncovered(orjson.loads(last["policy"]), then)
+    chain = [str(p) for p in path.ancestors_from_application()]
+    added = await pool.fetch(
+        iam.ADDED_SINCE, chain, store.below_pattern(str(path)), last["fetched_at"]
+    )
     return shown, {
         "fetched_at": last["fetched_at"].isoformat(),
+        "added_since": [r["name"] for r in added],
         "uncovered": missing,
         "needs_reapply": bool(missing),
     }

@@ -98,6 +98,9 @@ async def test_the_tree_and_a_nodes_override_chain_show_metadata_never_a_value(
     secret = await _page(api, f"/ui/secret/{APP}/sig")
     assert "BEGIN PUBLIC KEY" in secret
     assert "signing" in secret
+    # A generated key is replaced by kmsd's own generation, never by a value typed in.
+    assert 'data-api="POST /v1/generate/prod/pay/sig"' in secret
+    assert "data-secret" not in secret
     regional = await _page(api, f"/ui/secret/{NODE}/db")
     db_page = await _page(api, f"/ui/secret/{APP}/db")
     assert "recovery window" in db_page

@@ -7,9 +7,9 @@ one test holds two console sessions side by side.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient
 from kmsd.domain.bearer import CSRF_HEADER
 from kmsd.http.console.audit import PAGE_SIZE
 from kmsd.http.console.pages import COOKIE, CSP
-from tests.conftest import Identity
-from tests.integration.conftest import Api, sign_in
+from kmsd.keys import POOL
+from tests.conftest import Identity, _fresh_database
+from tests.integration.conftest import Api, ClientFactory, sign_in
 
 Client = TestClient[web.Request, web.Application]
 APP, NODE = "prod/pay", "prod/pay/us-east-1"
@@ -63,6 +64,20 @@ async def console(api: Api) -> Console:
 
 @pytest.fixture
 async def world(api: Api) -> dict[str, Any]:
+    return await build_world(api)
+
+
+@pytest.fixture
+async def own_api(
+    make_client: ClientFactory, pg_server_dsn: str, admin: Identity, moto_endpoint: str
+) -> Api:
+    """An admin on a kmsd with a database of its own: the audit trail is never emptied between
+    tests, so what a search finds (or a verification checks) must be this test's alone."""
+    dsn = await _fresh_database(pg_server_dsn, f"kmsd_ops_{uuid.uuid4().hex[:8]}")
+    return await sign_in(await make_client(database_url=dsn), admin, moto_endpoint)
+
+
+async def build_world(api: Api) -> dict[str, Any]:
     """A small tree: an application, a cluster, a hand-made and a generated secret, an
     instance and an observer reporting, a rotation waiting on them."""
     await api.ok("PUT", f"/v1/nodes/{NODE}?parents=true")
@@ -114,15 +129,12 @@ async def test_every_page_renders_for_an_admin_with_its_data(
     assert f"{APP}/<b>db</b>" in manual
     assert f"{APP}/<b>sig</b>" in renewed
 
-    audit = await admin.get("/ui/audit")
-    assert "binding.grant" in audit
-    verified = await admin.get("/ui/audit?verify=1")
-    assert "Intact" in verified
+    assert "binding.grant" in await admin.get("/ui/audit")
 
 
-async def test_the_audit_search_finds_the_action_just_taken(
-    api: Api, world: dict[str, Any], reader: Identity, db: asyncpg.Connection
-) -> None:
+async def test_the_audit_search_finds_the_action_just_taken(own_api: Api, reader: Identity) -> None:
+    api = own_api
+    await build_world(api)
     admin = await console(api)
     await api.grant(reader.arn, NODE, "view")
     found = await admin.get("/ui/audit?action=binding.grant")
@@ -137,9 +149,10 @@ async def test_the_audit_search_finds_the_action_just_taken(
     )
     principal = await admin.get(f"/ui/audit?principal={reader.arn}")
     assert "no rows match" in principal  # the reader has done nothing yet
-    for _ in range(10):  # enough rows for a second page
+    for _ in range(PAGE_SIZE):  # enough rows for a second page
         await api.ok("GET", "/v1/auth/whoami")
-    assert await db.fetchval("SELECT count(*) FROM audit_log") > PAGE_SIZE
+    count = await api.client.app[POOL].fetchval("SELECT count(*) FROM audit_log")
+    assert count > PAGE_SIZE
     first = await admin.get("/ui/audit")
     older = re.search(r'<a id="next" href="([^"]+)">', first)
     assert older is not None
@@ -147,6 +160,24 @@ async def test_the_audit_search_finds_the_action_just_taken(
     seqs = [int(s) for s in re.findall(r"<tr>\s*<td>(\d+)</td>", first + second)]
     assert seqs == sorted(seqs, reverse=True)
     assert len(seqs) == len(set(seqs))
+
+
+async def test_verify_shows_the_first_broken_row(own_api: Api) -> None:
+    admin = await console(own_api)
+    await own_api.ok("PUT", "/v1/nodes/prod/pay?parents=true")
+    intact = await admin.get("/ui/audit?verify=1")
+    assert "<b>Intact</b>" in intact
+    pool = own_api.client.app[POOL]
+    async with pool.acquire() as conn:  # a superuser turns the trigger off, rewrites history
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_delete")
+        await conn.execute("UPDATE audit_log SET principal = 'someone-else' WHERE seq = 3")
+        await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update_delete")
+    broken = await admin.get("/ui/audit?verify=1&action=node.create")
+    assert "<b>Broken</b> at row #3" in broken
+    shown = re.search(r'id="verified">(.*?)</div>', broken, re.S)
+    assert shown is not None
+    assert "<code>someone-else</code>" in shown[1]
+    assert 'value="node.create"' in broken  # the search stays as it was
 
 
 async def test_a_viewer_sees_no_grant_forms_and_cannot_forge_a_revoke(

@@ -4,6 +4,7 @@ never appears on a page (a value), and who is offered, or refused, a change."""
 from __future__ import annotations
 
 import base64
+import html
 import re
 from typing import Any
 
@@ -198,3 +199,78 @@ async def test_an_editors_cookie_without_its_csrf_token_changes_nothing(
     async with client.post("/v1/shares", json=share, headers=headers) as resp:
         assert resp.status == 201, await resp.text()
     assert await db.fetchval("SELECT count(*) FROM shares") == 2
+
+
+def _actions(text: str) -> set[str]:
+    """Every ``data-api`` a page offers, as console.js reads it."""
+    return {html.unescape(a) for a in re.findall(r'data-api="([^"]+)"', text)}
+
+
+async def _send(api: Api, csrf: str, action: str, json: Any = None, **fields: str) -> Any:
+    """Call the API as console.js does: placeholders filled, cookie plus the CSRF token."""
+    method, url = action.split(" ")
+    for key, val in fields.items():
+        url = url.replace("{" + key + "}", val)
+    async with api.client.request(
+        method, url, json=json, headers={"X-Kmsd-Csrf": csrf}, allow_redirects=False
+    ) as resp:
+        body = await resp.json(content_type=None)
+        return resp.status, body
+
+
+@pytest.mark.usefixtures("db")
+async def test_each_form_calls_the_api_as_it_is(api: Api) -> None:
+    """The forms' data-api and fields are what the API takes: driven here as console.js would."""
+    await _seed(api)
+    await _console(api)
+    pay = await _page(api, f"/ui/node/{APP}")
+    csrf = _csrf(pay)
+    offered = _actions(pay)
+    for action in (
+        f"PUT /v1/nodes/{APP}/{{child}}",
+        f"PUT /v1/secrets/{APP}/{{name}}",
+        f"POST /v1/generate/{APP}/{{name}}",
+        "POST /v1/shares",
+        f"PUT /v1/refs/{APP}/{{name}}",
+        f"DELETE /v1/shares?secret={APP}/api&to=prod/billing",
+    ):
+        assert action in offered, (action, offered)
+    status, _ = await _send(api, csrf, f"PUT /v1/nodes/{APP}/{{child}}", child="eu-west-1")
+    assert status == 201
+    body = {"kind": "json", "value": {"token": VALUE}, "description": "web"}
+    status, _ = await _send(api, csrf, f"PUT /v1/secrets/{APP}/{{name}}", body, name="web")
+    assert status == 201
+    gen = {"use": "password"}
+    status, _ = await _send(api, csrf, f"POST /v1/generate/{APP}/{{name}}", gen, name="pw")
+    assert status == 201
+    share = {"secret": f"{APP}/web", "to": "prod/billing"}
+    assert (await _send(api, csrf, "POST /v1/shares", share))[0] == 201
+    billing = await _page(api, "/ui/node/prod/billing")
+    assert f"{APP}/web" in billing.split('id="shared-with"')[1]  # offered as a target
+    ref = {"target": f"{APP}/web"}
+    status, _ = await _send(api, csrf, "PUT /v1/refs/prod/billing/{name}", ref, name="web")
+    assert status == 201
+    # Unsharing what is still referenced is refused, naming the references.
+    unshare = f"DELETE /v1/shares?secret={APP}/api&to=prod/billing"
+    assert (await _send(api, csrf, unshare))[0] == 409
+    billing = await _page(api, "/ui/node/prod/billing")
+    assert "DELETE /v1/refs/prod/billing/pay-api" in _actions(billing)
+    assert (await _send(api, csrf, "DELETE /v1/refs/prod/billing/pay-api"))[0] == 200
+    assert (await _send(api, csrf, unshare))[0] == 200
+    sig = await _page(api, f"/ui/secret/{APP}/sig")
+    again = re.search(r'data-api="POST /v1/generate/prod/pay/sig" data-body="([^"]+)"', sig)
+    assert again is not None
+    regenerate = orjson.loads(html.unescape(again[1]))
+    status, _ = await _send(api, csrf, f"POST /v1/generate/{APP}/sig", regenerate)
+    assert status == 200
+    web = await _page(api, f"/ui/secret/{APP}/web")
+    assert f"DELETE /v1/secrets/{APP}/web" in _actions(web)
+    assert "web" in web.split('id="meta"')[1]  # the description
+    assert "recovery window" in web
+    assert (await _send(api, csrf, "DELETE /v1/refs/prod/billing/web"))[0] == 200
+    assert (await _send(api, csrf, f"DELETE /v1/secrets/{APP}/web"))[0] == 200
+    child = await _page(api, f"/ui/node/{APP}/eu-west-1")
+    assert f"DELETE /v1/nodes/{APP}/eu-west-1" in _actions(child)
+    assert (await _send(api, csrf, f"DELETE /v1/nodes/{APP}/eu-west-1"))[0] == 200
+    for text in (pay, billing, sig, web, child):
+        assert VALUE not in text

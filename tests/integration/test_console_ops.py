@@ -128,6 +128,8 @@ async def test_every_page_renders_for_an_admin_with_its_data(
     manual, renewed = expiring.split('id="renewed"')
     assert f"{APP}/<b>db</b>" in manual
     assert f"{APP}/<b>sig</b>" in renewed
+    assert "renewed from" in renewed
+    assert "renewed from" not in manual  # nothing renews a hand-made secret
 
     assert "binding.grant" in await admin.get("/ui/audit")
 

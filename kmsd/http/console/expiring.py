@@ -2,8 +2,9 @@
 
 Hand-made secrets (put by a person, no generation spec) are what ``GET /v1/expiring`` lists:
 nothing renews them, a person must replace them. Generated keys and data keys the scheduler
-renews by itself ahead of their expiry (``kmsd.services.scheduler``); they are listed so that
-one that is past its expiry, so was not renewed, stands out. Rows are those of nodes the
+renews by itself ahead of their expiry (``kmsd.services.scheduler``), from the moment its DUE
+query names (the lead time before expiry, never before half the key's life); they are listed
+with that moment, so one past it and still not renewed stands out. Rows are those of nodes the
 viewer may ``view``.
 """
 
@@ -19,13 +20,14 @@ from kmsd.http.console.openapi import page as doc_page
 from kmsd.http.console.pages import page, viewer
 from kmsd.http.openapi_ops import param
 from kmsd.http.openapi_schemas import Schema
-from kmsd.keys import CLOCK, POOL
+from kmsd.keys import CLOCK, POOL, SETTINGS
 from kmsd.services.scheduler import EXPIRING_HAND_MADE
 
 DEFAULT_DAYS = 30
 # What the scheduler renews (DUE's rows, kmsd.services.scheduler), expiring before $1.
 EXPIRING_RENEWED = """
-SELECT n.path, s.name, s.kind, s.expires_at FROM secrets s JOIN nodes n ON n.id = s.node_id
+SELECT n.path, s.name, s.kind, s.expires_at, s.updated_at
+FROM secrets s JOIN nodes n ON n.id = s.node_id
 WHERE (s.spec IS NOT NULL OR s.kind = 'datakey') AND s.expires_at < $1
 ORDER BY s.expires_at
 """
@@ -38,9 +40,14 @@ async def expiring_page(request: web.Request) -> web.Response:
     horizon = now + timedelta(days=days)
     pool = request.app[POOL]
 
-    def shown(records: list[Any]) -> list[dict[str, Any]]:
-        return [
-            {
+    lead = timedelta(days=request.app[SETTINGS].rotation_lead_days)
+
+    def shown(records: list[Any], *, renewed: bool) -> list[dict[str, Any]]:
+        out = []
+        for r in records:
+            if not who.may("view", r["path"]):
+                continue
+            row = {
                 "path": r["path"],
                 "name": r["name"],
                 "kind": r["kind"],
@@ -48,9 +55,12 @@ async def expiring_page(request: web.Request) -> web.Response:
                 "days_left": (r["expires_at"] - now).days,
                 "expired": r["expires_at"] <= now,
             }
-            for r in records
-            if who.may("view", r["path"])
-        ]
+            if renewed:  # from when the scheduler renews it (as its DUE query)
+                due = r["expires_at"] - min(lead, (r["expires_at"] - r["updated_at"]) / 2)
+                row["renews_at"] = due.isoformat()
+                row["overdue"] = due <= now
+            out.append(row)
+        return out
 
     return await page(
         request,
@@ -58,8 +68,8 @@ async def expiring_page(request: web.Request) -> web.Response:
         "expiring",
         who=who,
         days=days,
-        manual=shown(await pool.fetch(EXPIRING_HAND_MADE, horizon)),
-        renewed=shown(await pool.fetch(EXPIRING_RENEWED, horizon)),
+        manual=shown(await pool.fetch(EXPIRING_HAND_MADE, horizon), renewed=False),
+        renewed=shown(await pool.fetch(EXPIRING_RENEWED, horizon), renewed=True),
     )
 
 

@@ -99,7 +99,11 @@ async def node_page(request: web.Request) -> web.Response:
     who = await viewer(request)
     if not who.may("view", str(path)):
         raise NotFound(f"node {str(path)!r} does not exist")  # what a missing node answers
-    async with request.app[POOL].acquire() as conn, conn.transaction(readonly=True):
+    # One snapshot: the effective set, references and shares agree with each other.
+    async with (
+        request.app[POOL].acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
         node = await store.get_node(conn, path)
         own = (await store.load_secrets(conn, [node]))[0]
         children = await conn.fetch(store.CHILDREN, node["id"])

@@ -201,7 +201,11 @@ async def test_a_viewer_sees_no_grant_forms_and_cannot_forge_a_revoke(
         json={"principal": reader.arn, "path": APP, "permission": "admin"},
     )
     assert status == 403, problem
-    await viewer.get("/ui/audit", status=403)  # the whole trail is for admins
+    whole = await viewer.get("/ui/audit")  # the whole trail is for admins: only the form
+    assert 'id="need-path"' in whole
+    assert 'id="rows"' not in whole
+    assert 'id="need-path"' in await viewer.get(f"/ui/audit?principal={reader.arn}")
+    assert f"<code>{APP}</code>" in await viewer.get("/ui/access")  # theirs, not a refusal
     await viewer.get(f"/ui/audit?path={APP}")
     await viewer.get("/ui/audit?path=prod/billing", status=403)
     await viewer.get(f"/ui/audit?path={APP}&verify=1", status=403)

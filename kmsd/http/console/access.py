@@ -32,10 +32,13 @@ from kmsd.keys import BINDINGS, POOL
 
 
 async def access_page(request: web.Request) -> web.Response:
-    raw = request.query.get("path", ROOT)
-    prefix = ROOT if raw in (ROOT, "") else str(NodePath.parse(raw))
-    await authorize(request, "view", prefix)
     who = await viewer(request)
+    raw = request.query.get("path", "")
+    prefix = ROOT if raw in (ROOT, "") else str(NodePath.parse(raw))
+    mine = sorted({b.prefix for b in who.bindings if who.may("view", b.prefix)})
+    if not raw and not who.may("view", ROOT) and mine:
+        prefix = mine[0]  # the nav link: the first subtree this person may see, not a refusal
+    await authorize(request, "view", prefix)
     found = [
         b
         for b in await request.app[BINDINGS].all()
@@ -64,6 +67,7 @@ async def access_page(request: web.Request) -> web.Response:
         "access",
         who=who,
         prefix=prefix,
+        mine=[p for p in mine if p != prefix],
         bindings=rows,
         permissions=PERMISSIONS,
         can_grant=who.may("admin", prefix),

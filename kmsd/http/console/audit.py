@@ -2,10 +2,11 @@
 
 The search is a plain GET form whose fields are ``GET /v1/audit``'s query parameters, read by
 the same rules and under the same check (``view`` on the path searched, ``admin`` for the
-whole trail). Paging goes by sequence number (``before=SEQ``), so rows written meanwhile
-never shift a page. Verifying is a read that can take a while, not a change: ``?verify=1``
-runs what ``POST /v1/audit/verify`` runs, under its check (``admin``), and shows the result,
-the first broken row included, on the page itself.
+whole trail; who may not search it all gets the form, empty, to name a path). Paging goes by
+sequence number (``before=SEQ``), so rows written meanwhile never shift a page. Verifying is a
+read that can take a while, not a change: ``?verify=1`` runs what ``POST /v1/audit/verify``
+runs, under its check (``admin``), and shows the result, the first broken row included, on
+the page itself.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from kmsd.domain.inputs import parse_int, parse_time
 from kmsd.domain.names import NodePath
 from kmsd.http.access import authorize
 from kmsd.http.console.openapi import page as doc_page
-from kmsd.http.console.pages import page
+from kmsd.http.console.pages import page, viewer
 from kmsd.http.openapi_ops import param
 from kmsd.http.openapi_schemas import Schema
 from kmsd.keys import POOL
@@ -42,6 +43,21 @@ async def audit_page(request: web.Request) -> web.Response:
     q = request.query
     given = {k: q[k] for k in FIELDS if q.get(k)}
     path = str(NodePath.parse(given["path"])) if "path" in given else None
+    who = await viewer(request)
+    if path is None and not who.may("admin", ROOT):
+        # The nav link for who may not search the whole trail: the form, to name a path.
+        return await page(
+            request,
+            "audit.html",
+            "audit",
+            who=who,
+            given=given,
+            outcomes=OUTCOMES,
+            rows=[],
+            next_query=None,
+            verified=None,
+            need_path=True,
+        )
     await authorize(request, "view" if path else "admin", path or ROOT)
     before = parse_int(q["before"], "before", low=1, high=2**63 - 1) if q.get("before") else None
     since = parse_time(given["since"], "since") if "since" in given else None
@@ -79,9 +95,11 @@ async def audit_page(request: web.Request) -> web.Response:
         request,
         "audit.html",
         "audit",
+        who=who,
         given=given,
         outcomes=OUTCOMES,
         rows=rows,
+        need_path=False,
         next_query=next_query,
         verified=verified,
     )

@@ -115,6 +115,10 @@ async def test_every_page_renders_for_an_admin_with_its_data(
     after = await admin.get(f"/ui/access?path={APP}")
     assert f"<code>{NODE}/extra</code>" in after  # made since the fetch
     assert "/v1/bindings" in await admin.get("/ui/access")  # the whole tree
+    await admin.get(f"/ui/access?path={NODE}")
+    last = "SELECT target, outcome FROM audit_log ORDER BY seq DESC LIMIT 1"
+    row = await api.client.app[POOL].fetchrow(last)
+    assert dict(row) == {"target": NODE, "outcome": "allowed"}  # a view, audited by its path
 
     fleet = await admin.get("/ui/fleet")
     assert "i-1" in fleet

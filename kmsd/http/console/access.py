@@ -24,6 +24,7 @@ from kmsd.domain.iam import DEFAULT_SHAPE, NothingToGrant, uncovered
 from kmsd.domain.names import NodePath
 from kmsd.http import iam
 from kmsd.http.access import authorize
+from kmsd.http.common import AUDIT_TARGET
 from kmsd.http.console.openapi import page as doc_page
 from kmsd.http.console.pages import page, viewer
 from kmsd.http.openapi_ops import param
@@ -38,6 +39,7 @@ async def access_page(request: web.Request) -> web.Response:
     mine = sorted({b.prefix for b in who.bindings if who.may("view", b.prefix)})
     if not raw and not who.may("view", ROOT) and mine:
         prefix = mine[0]  # the nav link: the first subtree this person may see, not a refusal
+    request[AUDIT_TARGET] = prefix  # so that a search of the trail by path finds this view
     await authorize(request, "view", prefix)
     found = [
         b

@@ -22,6 +22,7 @@ from kmsd.domain.audit import ChainedRow
 from kmsd.domain.inputs import parse_int, parse_time
 from kmsd.domain.names import NodePath
 from kmsd.http.access import authorize
+from kmsd.http.common import AUDIT_TARGET
 from kmsd.http.console.openapi import page as doc_page
 from kmsd.http.console.pages import page, viewer
 from kmsd.http.openapi_ops import param
@@ -58,6 +59,7 @@ async def audit_page(request: web.Request) -> web.Response:
             verified=None,
             need_path=True,
         )
+    request[AUDIT_TARGET] = path or ROOT  # as GET /v1/audit's row names what was searched
     await authorize(request, "view" if path else "admin", path or ROOT)
     before = parse_int(q["before"], "before", low=1, high=2**63 - 1) if q.get("before") else None
     since = parse_time(given["since"], "since") if "since" in given else None

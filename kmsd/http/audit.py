@@ -76,6 +76,16 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/ui/rotations"): "console.rotations",
     ("GET", "/ui/rotations/{id}"): "console.rotation",
     ("GET", "/ui/rotations/{id}/events"): "console.rotation_events",
+    ("POST", "/ui/logout"): "console.logout",
+    ("GET", "/ui/signed-out"): "console.signed_out",
+    ("GET", "/ui/"): "console.home",
+    ("GET", "/ui/tree"): "console.tree",
+    ("GET", "/ui/node/{path}"): "console.node",
+    ("GET", "/ui/secret/{path}"): "console.secret",
+    ("GET", "/ui/access"): "console.access",
+    ("GET", "/ui/audit"): "console.audit",
+    ("GET", "/ui/fleet"): "console.fleet",
+    ("GET", "/ui/expiring"): "console.expiring",
     ("GET", "/v1/audit"): "audit.list",
     ("POST", "/v1/audit/verify"): "audit.verify",
     ("GET", "/v1/outbox"): "outbox.list",
@@ -85,8 +95,10 @@ ACTIONS: dict[tuple[str, str], str] = {
 }
 # Changes get a row before they run (fail closed before anything happens).
 _NOT_CHANGES = frozenset({"auth.login", "watch", "audit.verify"})
-# The API and the console; /healthz and /metrics are not calls on anyone's behalf.
+# The API and the console; /healthz, /metrics and the console's CSS and JS (public, the same
+# for everyone) are not calls on anyone's behalf.
 AUDITED_PREFIXES = ("/v1/", "/ui/")
+UNAUDITED_PREFIXES = ("/ui/assets/",)
 FAIL_CLOSED = "the audit trail cannot be written, so the call is refused (fail closed)"
 
 
@@ -131,7 +143,11 @@ async def audit_now(request: web.Request, status: int = 200) -> None:
 
 async def audit_outcome(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
     """Write the outcome row of an API call; answer 503 instead if it cannot be written."""
-    if request.path.startswith(AUDITED_PREFIXES) and not request.get(AUDITED):
+    if (
+        request.path.startswith(AUDITED_PREFIXES)
+        and not request.path.startswith(UNAUDITED_PREFIXES)
+        and not request.get(AUDITED)
+    ):
         try:
             await request.app[AUDIT].write(_entry(request, response.status))
         except AuditUnavailable:

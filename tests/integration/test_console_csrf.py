@@ -140,3 +140,11 @@ async def test_the_dashboard_offers_only_what_applies_and_only_to_who_may_rotate
     viewer_cookie, _ = await console(client, reader_api)
     async with client.get(f"/ui/rotations/{rot['id']}", headers=sent(viewer_cookie)) as resp:
         assert re.findall(r"data-api=\"POST /v1/rotations", await resp.text()) == []
+
+
+async def test_a_refused_page_has_the_strict_headers_too(client: Any) -> None:
+    async with client.get("/ui/rotations") as resp:  # no session: refused by a middleware
+        assert resp.status == 401
+        assert resp.content_type == "application/problem+json"
+        assert resp.headers["Content-Security-Policy"] == CSP
+        assert resp.headers["X-Frame-Options"] == "DENY"

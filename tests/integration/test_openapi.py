@@ -8,6 +8,7 @@ it should.
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from typing import Any
 
@@ -322,8 +323,24 @@ async def test_answers_are_what_the_document_says(
     await call("GET", "/ui/login", link["path"], headers={})
     # The pages open with the console session's cookie alone (an API token opens no page).
     assert isinstance(await call("GET", "/ui/rotations", "/ui/rotations", headers={}), str)
+    assert isinstance(await call("GET", "/ui/tree", "/ui/tree", headers={}), str)
+    assert isinstance(await call("GET", "/ui/node/{path}", f"/ui/node/{node}", headers={}), str)
+    await call("GET", "/ui/node/{path}", "/ui/node/prod/nothing", headers={})
+    assert isinstance(await call("GET", "/ui/secret/{path}", f"/ui/secret/{ref}", headers={}), str)
+    await call("GET", "/ui/secret/{path}", f"/ui/secret/{app}/nothing", headers={})
     page = await call("GET", "/ui/rotations/{id}", f"/ui/rotations/{rot['id']}", headers={})
     assert isinstance(page, str)
+    await call("GET", "/ui/access", f"/ui/access?path={app}", headers={})
+    await call("GET", "/ui/audit", f"/ui/audit?path={app}&verify=1", headers={})
+    await call("GET", "/ui/fleet", "/ui/fleet", headers={})
+    await call("GET", "/ui/expiring", "/ui/expiring?days=400", headers={})
+    await call("GET", "/ui/", "/ui/", headers={})
+    await call("GET", "/ui/assets/{name}", "/ui/assets/console.css", headers={})
+    await call("GET", "/ui/assets/{name}", "/ui/assets/nothing.css", headers={})
+    csrf = re.search(r'name="csrf" content="([0-9a-f]+)"', page)
+    assert csrf is not None
+    await call("POST", "/ui/logout", "/ui/logout", headers={"X-Kmsd-Csrf": csrf[1]})
+    await call("GET", "/ui/signed-out", "/ui/signed-out", headers={})
     await call("DELETE", "/v1/adoption/{path}", f"/v1/adoption/{node}?instance=i-1")
     await call("DELETE", "/v1/adoption/{path}", f"/v1/adoption/{node}?instance=i-1")
     grant = {"principal": reader.arn, "path": app, "permission": "read"}

@@ -161,3 +161,15 @@ def test_every_example_is_a_valid_request() -> None:
             for param in op.get("parameters", []):
                 if "example" in param:
                     Draft202012Validator(param["schema"]).validate(param["example"])
+
+
+def test_every_audited_route_has_an_action_name() -> None:
+    """An audit row says what was done: no route of the API or the console is "unknown"."""
+    from kmsd.http.audit import ACTIONS, AUDITED_PREFIXES, UNAUDITED_PREFIXES
+
+    audited = {
+        (method, path)
+        for method, path in _routes()
+        if path.startswith(AUDITED_PREFIXES) and not path.startswith(UNAUDITED_PREFIXES)
+    }
+    assert sorted(audited - set(ACTIONS)) == []

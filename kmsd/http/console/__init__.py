@@ -11,10 +11,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from kmsd.http.console import access, audit, expiring, fleet, rotations, secret, session, tree
-from kmsd.http.console.pages import asset, setup_templates
+from kmsd.http.console.pages import SECURITY_HEADERS, asset, setup_templates
 
 # Each section adds its own pages (``routes``) and documents them (``openapi_paths``).
 SECTIONS = (tree, secret, access, audit, fleet, expiring)
+
+
+async def _strict_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer under /ui/ - pages, refusals, redirects, streams - carries the console's
+    headers (a page already set them; a refusal from a middleware has not)."""
+    if request.path.startswith("/ui/"):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
 
 
 async def home(request: web.Request) -> web.Response:
@@ -23,6 +31,7 @@ async def home(request: web.Request) -> web.Response:
 
 def setup_console_routes(app: web.Application) -> None:
     setup_templates(app)
+    app.on_response_prepare.append(_strict_headers)
     app.router.add_post("/v1/console/links", session.create_link)
     app.router.add_get("/ui/login", session.login)
     app.router.add_post("/ui/logout", session.logout)

@@ -82,7 +82,7 @@ async def app(request: web.Request) -> web.Response:
     cidrs = [str(c) for c in parse_cidrs(request.query.getall("source_cidr", []))]
     pool = request.app[POOL]
     node_id = await _node_id(pool, path)
-    policy = await _policy(request, path, shape, cidrs)
+    policy = await needed_policy(request, path, shape, cidrs)
     await pool.execute(RECORD_FETCH, node_id, shape, cidrs, orjson.dumps(policy).decode(), who.arn)
     return json_response(policy)
 
@@ -90,23 +90,26 @@ async def app(request: web.Request) -> web.Response:
 async def drift(request: web.Request) -> web.Response:
     path = _app_path(request)
     await authorize(request, "view", str(path))
+    return json_response(await drift_of(request, path, await _node_id(request.app[POOL], path)))
+
+
+async def drift_of(request: web.Request, path: NodePath, node_id: int) -> dict[str, Any]:
+    """What ``GET /v1/iam-policy/drift/{path}`` answers for the node ``node_id`` at ``path``."""
     pool = request.app[POOL]
-    last = await pool.fetchrow(LAST_FETCH, await _node_id(pool, path))
+    last = await pool.fetchrow(LAST_FETCH, node_id)
     if last is None:
         # Never fetched through kmsd: whatever the hosts have, kmsd cannot vouch for it.
-        return json_response(
-            {
-                "path": str(path),
-                "fetched_at": None,
-                "shape": None,
-                "source_cidrs": [],
-                "added_since": [],
-                "uncovered": [],
-                "needs_reapply": True,
-            }
-        )
+        return {
+            "path": str(path),
+            "fetched_at": None,
+            "shape": None,
+            "source_cidrs": [],
+            "added_since": [],
+            "uncovered": [],
+            "needs_reapply": True,
+        }
     try:
-        needed: dict[str, Any] | None = await _policy(
+        needed: dict[str, Any] | None = await needed_policy(
             request, path, last["shape"], list(last["source_cidrs"])
         )
     except NothingToGrant:
@@ -114,17 +117,15 @@ async def drift(request: web.Request) -> web.Response:
     missing = uncovered(orjson.loads(last["policy"]), needed)
     chain = [str(p) for p in path.ancestors_from_application()]
     added = await pool.fetch(ADDED_SINCE, chain, store.below_pattern(str(path)), last["fetched_at"])
-    return json_response(
-        {
-            "path": str(path),
-            "fetched_at": last["fetched_at"].isoformat(),
-            "shape": last["shape"],
-            "source_cidrs": list(last["source_cidrs"]),
-            "added_since": [r["name"] for r in added],
-            "uncovered": missing,
-            "needs_reapply": bool(missing),
-        }
-    )
+    return {
+        "path": str(path),
+        "fetched_at": last["fetched_at"].isoformat(),
+        "shape": last["shape"],
+        "source_cidrs": list(last["source_cidrs"]),
+        "added_since": [r["name"] for r in added],
+        "uncovered": missing,
+        "needs_reapply": bool(missing),
+    }
 
 
 def _app_path(request: web.Request) -> NodePath:
@@ -141,7 +142,7 @@ async def _node_id(pool: asyncpg.Pool, path: NodePath) -> int:
     return node_id
 
 
-async def _policy(
+async def needed_policy(
     request: web.Request, path: NodePath, shape: str, cidrs: list[str]
 ) -> dict[str, Any]:
     """The policy ``path``'s hosts need now, in ``shape``."""

@@ -15,7 +15,6 @@ from aiohttp import web
 from kmsd.db import audit as audit_db
 from kmsd.db import store
 from kmsd.domain.access import ROOT
-from kmsd.domain.audit import ChainedRow
 from kmsd.domain.inputs import (
     SM_MAX_VALUE_BYTES,
     check_value_size,
@@ -25,13 +24,14 @@ from kmsd.domain.inputs import (
 )
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.domain.tree import KINDS, effective_document
-from kmsd.errors import InvalidInput, NotFound
+from kmsd.errors import InvalidInput
 from kmsd.http import access, iam, openapi
 from kmsd.http.access import authorize
 from kmsd.http.auth import login
 from kmsd.http.common import flag, json_body, json_response
 from kmsd.http.console import setup_console_routes
 from kmsd.http.outbox import setup_outbox_routes
+from kmsd.http.reads import audit_doc, describe_secret, search_audit
 from kmsd.http.rotations import setup_rotation_routes
 from kmsd.http.sharing import setup_sharing_routes
 from kmsd.http.watch import adoption, forget_instance, watch
@@ -187,31 +187,7 @@ async def create_datakey(request: web.Request) -> web.Response:
 async def get_secret(request: web.Request) -> web.Response:
     path, name = _split_secret(request.match_info["ref"])
     await authorize(request, "view", str(path))
-    async with request.app[POOL].acquire() as conn:
-        node = await store.get_node(conn, path)
-        row = await store.get_secret(conn, node["id"], name)
-        if row is None:
-            raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
-        versions = await store.secret_versions(conn, row["id"])
-    return json_response(
-        {
-            "path": str(path),
-            "name": row["name"],
-            "kind": row["kind"],
-            "sm_arn": row["sm_arn"],
-            "description": row["description"],
-            "tags": orjson.loads(row["tags"]),
-            "created_by": row["created_by"],
-            "created_at": store.iso(row["created_at"]),
-            "updated_at": store.iso(row["updated_at"]),
-            "expires_at": store.iso(row["expires_at"]),
-            "generated": orjson.loads(row["spec"]) if row["spec"] else None,
-            "public_key_pem": row["public_key"],
-            "cmk_arn": row["cmk_arn"],
-            "period_days": row["period_days"],
-            "versions": versions,
-        }
-    )
+    return json_response(await describe_secret(request.app[POOL], path, name))
 
 
 async def delete_secret(request: web.Request) -> web.Response:
@@ -239,38 +215,17 @@ async def audit_list(request: web.Request) -> web.Response:
         path = str(NodePath.parse(path))
     await authorize(request, "view" if path else "admin", path or ROOT)
     limit = parse_int(q.get("limit", "100"), "limit", low=1, high=10000)
-    records = await request.app[POOL].fetch(
-        audit_db.SELECT_ROWS,
-        q.get("principal"),
-        path,
-        q.get("action"),
-        _time_param(q.get("since"), "since"),
-        _time_param(q.get("until"), "until"),
-        q.get("outcome"),
-        limit,
-        store.below_pattern(path) if path else None,
-        store.below_pattern(path)[:-2] + " %" if path else None,
+    rows = await search_audit(
+        request.app[POOL],
+        principal=q.get("principal"),
+        path=path,
+        action=q.get("action"),
+        since=_time_param(q.get("since"), "since"),
+        until=_time_param(q.get("until"), "until"),
+        outcome=q.get("outcome"),
+        limit=limit,
     )
-    rows = [audit_db.row_of(r) for r in records]
-    return json_response({"rows": [_audit_doc(r) for r in rows]})
-
-
-def _audit_doc(row: ChainedRow) -> dict[str, Any]:
-    e = row.entry
-    return {
-        "seq": row.seq,
-        "at": e.at.isoformat(),
-        "principal": e.principal,
-        "claimed": e.claimed,
-        "source_ip": e.source_ip,
-        "action": e.action,
-        "target": e.target,
-        "outcome": e.outcome,
-        "status": e.status,
-        "request_id": e.request_id,
-        "replica": e.replica,
-        "hash": row.hash.hex(),
-    }
+    return json_response({"rows": [audit_doc(r) for r in rows]})
 
 
 def _time_param(raw: str | None, name: str) -> datetime | None:

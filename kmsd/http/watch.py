@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -100,15 +102,24 @@ async def _take_reports(request: web.Request) -> tuple[NodePath, int]:
     return req.path, req.path_version
 
 
-async def adoption(request: web.Request) -> web.Response:
-    path = NodePath.parse(request.match_info["path"])
-    await authorize(request, "view", str(path))
-    hub = request.app[HUB]
-    snap = await hub.snapshot(path)
+@dataclass(frozen=True)
+class Adoption:
+    """A node's adoption: the answer, and the reports and effective secrets it was made of."""
+
+    doc: dict[str, Any]  # what GET /v1/adoption/{path} answers
+    reports: list[InstanceReport]
+    secrets: list[dict[str, Any]]  # the node's effective secrets, as its snapshot has them
+
+
+async def adoption_of(app: web.Application, path: NodePath) -> Adoption | None:
+    """``path``'s adoption from the reports in the database (None: no such node).
+
+    Flush the adoption buffer first for this replica's latest reports too.
+    """
+    snap = await app[HUB].snapshot(path)
     if snap is None:
-        raise NotFound(f"node {str(path)!r} does not exist")
-    await request.app[ADOPTION].flush()  # this replica's latest reports, then everyone's
-    rows = await request.app[POOL].fetch(ROWS_OF_PATH, str(path))
+        return None
+    rows = await app[POOL].fetch(ROWS_OF_PATH, str(path))
     reports = [
         InstanceReport(
             instance_id=r["instance_id"],
@@ -124,16 +135,25 @@ async def adoption(request: web.Request) -> web.Response:
         )
         for r in rows
     ]
-    settings = request.app[SETTINGS]
-    return json_response(
-        summarise(
-            str(path),
-            reports,
-            orjson.loads(snap.body)["secrets"],
-            now=request.app[CLOCK].now(),
-            stale_after=timedelta(seconds=STALE_AFTER_HOLDS * settings.watch_max_hold_s),
-        )
+    secrets = orjson.loads(snap.body)["secrets"]
+    doc = summarise(
+        str(path),
+        reports,
+        secrets,
+        now=app[CLOCK].now(),
+        stale_after=timedelta(seconds=STALE_AFTER_HOLDS * app[SETTINGS].watch_max_hold_s),
     )
+    return Adoption(doc, reports, secrets)
+
+
+async def adoption(request: web.Request) -> web.Response:
+    path = NodePath.parse(request.match_info["path"])
+    await authorize(request, "view", str(path))
+    await request.app[ADOPTION].flush()  # this replica's latest reports, then everyone's
+    found = await adoption_of(request.app, path)
+    if found is None:
+        raise NotFound(f"node {str(path)!r} does not exist")
+    return json_response(found.doc)
 
 
 async def forget_instance(request: web.Request) -> web.Response:

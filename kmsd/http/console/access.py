@@ -5,7 +5,7 @@ the same ``view`` check), with grant and revoke forms that call ``POST /v1/bindi
 ``DELETE /v1/bindings/{id}`` themselves, shown only to who may administer the prefix (the API
 decides again). For an application it adds the IAM policy its hosts need now and whether the
 policy last fetched through the API (``kmsctl iam-policy app``) still covers it: what
-``GET /v1/iam-policy/drift/{path}`` answers, computed the same way.
+``GET /v1/iam-policy/drift/{path}`` answers, by the same functions.
 
 The page computes the policy without recording a fetch: only a fetch through the API is
 presumed applied, so opening a page never silences a drift warning.
@@ -18,9 +18,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kmsd.db import store
 from kmsd.domain.access import PERMISSIONS, ROOT, covers
-from kmsd.domain.iam import DEFAULT_SHAPE, NothingToGrant, uncovered
+from kmsd.domain.iam import DEFAULT_SHAPE, NothingToGrant
 from kmsd.domain.names import NodePath
 from kmsd.http import iam
 from kmsd.http.access import authorize
@@ -80,40 +79,15 @@ async def access_page(request: web.Request) -> web.Response:
 
 async def _iam_of(request: web.Request, path: NodePath) -> tuple[str | None, dict[str, Any] | None]:
     """The policy ``path``'s hosts need now (default shape) and its drift from the last fetch."""
-    pool = request.app[POOL]
-    node_id = await pool.fetchval("SELECT id FROM nodes WHERE path = $1", str(path))
+    node_id = await request.app[POOL].fetchval("SELECT id FROM nodes WHERE path = $1", str(path))
     if node_id is None:
         return None, None
     try:
-        needed: dict[str, Any] | None = await iam._policy(request, path, DEFAULT_SHAPE, [])
+        needed: dict[str, Any] | None = await iam.needed_policy(request, path, DEFAULT_SHAPE, [])
     except NothingToGrant:
         needed = None
     shown = orjson.dumps(needed, option=orjson.OPT_INDENT_2).decode() if needed else None
-    last = await pool.fetchrow(iam.LAST_FETCH, node_id)
-    if last is None:
-        return shown, {
-            "fetched_at": None,
-            "added_since": [],
-            "uncovered": [],
-            "needs_reapply": True,
-        }
-    try:
-        then: dict[str, Any] | None = await iam._policy(
-            request, path, last["shape"], list(last["source_cidrs"])
-        )
-    except NothingToGrant:
-        then = None
-    missing = uncovered(orjson.loads(last["policy"]), then)
-    chain = [str(p) for p in path.ancestors_from_application()]
-    added = await pool.fetch(
-        iam.ADDED_SINCE, chain, store.below_pattern(str(path)), last["fetched_at"]
-    )
-    return shown, {
-        "fetched_at": last["fetched_at"].isoformat(),
-        "added_since": [r["name"] for r in added],
-        "uncovered": missing,
-        "needs_reapply": bool(missing),
-    }
+    return shown, await iam.drift_of(request, path, node_id)
 
 
 def routes(app: web.Application) -> None:

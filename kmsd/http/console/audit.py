@@ -16,9 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from kmsd.db import audit as audit_db
-from kmsd.db import store
 from kmsd.domain.access import ROOT
-from kmsd.domain.audit import ChainedRow
 from kmsd.domain.inputs import parse_int, parse_time
 from kmsd.domain.names import NodePath
 from kmsd.http.access import authorize
@@ -27,15 +25,10 @@ from kmsd.http.console.openapi import page as doc_page
 from kmsd.http.console.pages import page, viewer
 from kmsd.http.openapi_ops import param
 from kmsd.http.openapi_schemas import Schema
+from kmsd.http.reads import audit_doc, search_audit
 from kmsd.keys import POOL
 
 PAGE_SIZE = 50
-# GET /v1/audit's query, with a cursor: rows older than a sequence number.
-PAGE_ROWS = audit_db.SELECT_ROWS.replace(
-    "ORDER BY seq DESC", "  AND ($10::bigint IS NULL OR seq < $10)\nORDER BY seq DESC"
-)
-if PAGE_ROWS == audit_db.SELECT_ROWS:  # the cursor must never be silently dropped
-    raise RuntimeError("GET /v1/audit's query changed shape: the console's paging needs care")
 FIELDS = ("principal", "path", "action", "outcome", "since", "until")
 OUTCOMES = ("allowed", "denied", "rejected", "error", "attempt")
 
@@ -64,22 +57,20 @@ async def audit_page(request: web.Request) -> web.Response:
     before = parse_int(q["before"], "before", low=1, high=2**63 - 1) if q.get("before") else None
     since = parse_time(given["since"], "since") if "since" in given else None
     until = parse_time(given["until"], "until") if "until" in given else None
-    records = await request.app[POOL].fetch(
-        PAGE_ROWS,
-        given.get("principal"),
-        path,
-        given.get("action"),
-        since,
-        until,
-        given.get("outcome"),
-        PAGE_SIZE + 1,
-        store.below_pattern(path) if path else None,
-        store.below_pattern(path)[:-2] + " %" if path else None,
-        before,
+    found = await search_audit(
+        request.app[POOL],
+        principal=given.get("principal"),
+        path=path,
+        action=given.get("action"),
+        since=since,
+        until=until,
+        outcome=given.get("outcome"),
+        limit=PAGE_SIZE + 1,
+        before=before,
     )
-    rows = [_shown(audit_db.row_of(r)) for r in records[:PAGE_SIZE]]
+    rows = [audit_doc(r) for r in found[:PAGE_SIZE]]
     next_query = None
-    if len(records) > PAGE_SIZE:
+    if len(found) > PAGE_SIZE:
         next_query = {**given, "before": str(rows[-1]["seq"])}
     verified: dict[str, Any] | None = None
     if q.get("verify"):
@@ -92,7 +83,7 @@ async def audit_page(request: web.Request) -> web.Response:
         }
         if broken is not None:
             row = await request.app[POOL].fetchrow("SELECT * FROM audit_log WHERE seq = $1", broken)
-            verified["row"] = _shown(audit_db.row_of(row)) if row else None
+            verified["row"] = audit_doc(audit_db.row_of(row)) if row else None
     return await page(
         request,
         "audit.html",
@@ -105,22 +96,6 @@ async def audit_page(request: web.Request) -> web.Response:
         next_query=next_query,
         verified=verified,
     )
-
-
-def _shown(row: ChainedRow) -> dict[str, Any]:
-    """A row as the page shows it (``GET /v1/audit``'s fields, without the hash)."""
-    e = row.entry
-    return {
-        "seq": row.seq,
-        "at": e.at.isoformat(),
-        "principal": e.principal,
-        "claimed": e.claimed,
-        "source_ip": e.source_ip,
-        "action": e.action,
-        "target": e.target,
-        "outcome": e.outcome,
-        "status": e.status,
-    }
 
 
 def routes(app: web.Application) -> None:

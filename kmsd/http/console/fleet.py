@@ -8,19 +8,16 @@ reads, stale instances and observers apart. Instances a running rotation's gate 
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from kmsd.domain.adoption import STALE_AFTER_HOLDS, InstanceReport, summarise
 from kmsd.domain.names import NodePath
 from kmsd.http.console.openapi import page as doc_page
 from kmsd.http.console.pages import page, viewer
 from kmsd.http.openapi_schemas import Schema
-from kmsd.hub.adoption import ROWS_OF_PATH
-from kmsd.keys import ADOPTION, CLOCK, HUB, POOL, ROTATIONS, SETTINGS
+from kmsd.http.watch import adoption_of
+from kmsd.keys import ADOPTION, POOL, ROTATIONS
 
 REPORTED_PATHS = "SELECT DISTINCT path FROM adoption ORDER BY path"
 
@@ -59,45 +56,22 @@ async def fleet_page(request: web.Request) -> web.Response:
 
 
 async def _adoption(request: web.Request, path: NodePath) -> dict[str, Any] | None:
-    """What ``GET /v1/adoption/{path}`` answers (None: no such node)."""
-    app = request.app
-    snap = await app[HUB].snapshot(path)
-    if snap is None:
+    """What ``GET /v1/adoption/{path}`` answers, each instance's held versions and the secrets
+    it is behind on added (None: no such node)."""
+    found = await adoption_of(request.app, path)
+    if found is None:
         return None
-    rows = await app[POOL].fetch(ROWS_OF_PATH, str(path))
-    reports = [
-        InstanceReport(
-            instance_id=r["instance_id"],
-            principal=r["principal"],
-            ip=r["ip"],
-            app_process_ids=tuple(r["app_process_ids"]),
-            held=orjson.loads(r["held"]),
-            processes=orjson.loads(r["processes"]),
-            path_version=r["path_version"],
-            replica=r["replica"],
-            last_seen=r["last_seen"],
-            role=r["role"],
-        )
-        for r in rows
-    ]
-    held = {r.instance_id: r.held for r in reports}
-    doc = summarise(
-        str(path),
-        reports,
-        orjson.loads(snap.body)["secrets"],
-        now=app[CLOCK].now(),
-        stale_after=timedelta(seconds=STALE_AFTER_HOLDS * app[SETTINGS].watch_max_hold_s),
-    )
+    held = {r.instance_id: r.held for r in found.reports}
     current = {
         s["name"]: [v["version_id"] for v in s.get("versions", []) if v["stage"] == "current"]
-        for s in orjson.loads(snap.body)["secrets"]
+        for s in found.secrets
     }
-    for row in doc["instances"]:
+    for row in found.doc["instances"]:
         row["held"] = held.get(row["instance_id"], {})
         row["behind"] = sorted(
             name for name, version in row["held"].items() if version not in current.get(name, [])
         )
-    return doc
+    return found.doc
 
 
 def routes(app: web.Application) -> None:

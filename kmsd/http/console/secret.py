@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kmsd.db import store
 from kmsd.domain.names import NodePath, check_segment
 from kmsd.errors import InvalidInput, NotFound
 from kmsd.http.console.openapi import page as doc_page
 from kmsd.http.console.pages import page, viewer
 from kmsd.http.openapi_ops import tail
 from kmsd.http.openapi_schemas import SECRET_REF, Schema
+from kmsd.http.reads import describe_secret
 from kmsd.keys import POOL, ROTATIONS, SETTINGS
 
 SECRET_PARAM = tail(
@@ -32,33 +32,6 @@ def _split(raw: str) -> tuple[NodePath, str]:
     if not path:
         raise InvalidInput("expected PATH/NAME: a node path, then the secret name")
     return NodePath.parse(path), check_segment(name, "secret name")
-
-
-async def describe(request: web.Request, path: NodePath, name: str) -> dict[str, Any]:
-    """The secret's metadata, as the API's describe answer has it."""
-    async with request.app[POOL].acquire() as conn:
-        node = await store.get_node(conn, path)
-        row = await store.get_secret(conn, node["id"], name)
-        if row is None:
-            raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
-        versions = await store.secret_versions(conn, row["id"])
-    return {
-        "path": str(path),
-        "name": row["name"],
-        "kind": row["kind"],
-        "sm_arn": row["sm_arn"],
-        "description": row["description"],
-        "tags": orjson.loads(row["tags"]),
-        "created_by": row["created_by"],
-        "created_at": store.iso(row["created_at"]),
-        "updated_at": store.iso(row["updated_at"]),
-        "expires_at": store.iso(row["expires_at"]),
-        "generated": orjson.loads(row["spec"]) if row["spec"] else None,
-        "public_key_pem": row["public_key"],
-        "cmk_arn": row["cmk_arn"],
-        "period_days": row["period_days"],
-        "versions": versions,
-    }
 
 
 def regenerate_body(spec: dict[str, Any] | None) -> str:
@@ -77,7 +50,7 @@ async def secret_page(request: web.Request) -> web.Response:
     who = await viewer(request)
     if not who.may("view", str(path)):
         raise NotFound(f"secret {name!r} does not exist at {str(path)!r}")
-    doc = await describe(request, path, name)
+    doc = await describe_secret(request.app[POOL], path, name)
     rotations = [
         r
         for r in await request.app[ROTATIONS].list(str(path), active_only=False, limit=50)

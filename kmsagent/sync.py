@@ -193,8 +193,9 @@ class Agent:
                     reported.cancel()
                 if state.report_changed.is_set() and not poll.done():
                     # An application read a version kmsd has not heard of: hang up and poll
-                    # again with the news (at most once per REPORT_DEBOUNCE_S).
-                    await asyncio.sleep(REPORT_DEBOUNCE_S)
+                    # again with the news (at most once per REPORT_DEBOUNCE_S). An answer that
+                    # arrives meanwhile is taken at once: a change never waits out the debounce.
+                    await asyncio.wait({poll}, timeout=REPORT_DEBOUNCE_S)
                     if not poll.done():
                         poll.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

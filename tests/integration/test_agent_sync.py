@@ -17,6 +17,7 @@ from aiobotocore.session import AioSession
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from kmsagent import sync
 from kmsagent.aws import Reader
 from kmsagent.creds import frozen
 from kmsagent.reports import watch_body
@@ -143,6 +144,23 @@ async def test_a_process_read_reaches_adoption_without_waiting_for_the_hold(
             }:
                 assert seen == {"i-agent": {}}
         assert state.polling  # and the new poll is held
+
+
+async def test_a_change_arriving_while_a_read_is_debounced_is_taken_at_once(
+    api: Api, client: App, reader: Identity, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A debounce far longer than the wait below: a change held back by it would miss the wait.
+    monkeypatch.setattr(sync, "REPORT_DEBOUNCE_S", 60.0)
+    first = await shop(api, reader)
+    async with running_agent(
+        client, reader, moto_endpoint, ["prod/shop"], poll_timeout_s=120.0
+    ) as agent:
+        state = agent.paths["prod/shop"]
+        await eventually(lambda: served(agent, "prod/shop")() == {"db": first} and state.polling)
+        if agent.reads.record("prod/shop", "4242", {"db": first}, agent.clock()):
+            state.report_changed.set()  # an application read: the agent waits to re-poll
+        second = (await api.put_json("prod/shop/db", {"password": "second"}))["version_id"]
+        await eventually(lambda: served(agent, "prod/shop")() == {"db": second}, within=20.0)
 
 
 async def test_a_new_version_is_fetched_once_and_old_values_are_dropped(

@@ -14,7 +14,7 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -35,7 +35,6 @@ from kmsagent.creds import (
 from kmsagent.environ import EnvError, parse_spec
 from kmsagent.memory import trim_when_serving
 from kmsagent.state import BadDocument, PathView
-from kmsagent.supervise import ExecConfig, Policy, PolicyError, Supervisor
 from kmsagent.sync import Agent, SyncConfig
 from kmsagent.templates import Renderer, TemplateError, TemplateSpec, follow, load_config
 from kmsagent.tokens import compat_token, read_token
@@ -45,6 +44,9 @@ from kmsd.cli.parsing import VersionAction
 from kmsd.domain.names import NodePath
 from kmsd.errors import InvalidInput
 from kmsd.logs import configure
+
+if TYPE_CHECKING:  # kmsagent.supervise is imported by exec only: half a MiB for every agent
+    from kmsagent.supervise import ExecConfig
 
 log = structlog.get_logger("kmsagent")
 
@@ -159,7 +161,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         CredentialsError,
         OSError,
         EnvError,
-        PolicyError,
         TemplateError,
     ) as exc:
         print(f"kmsagent: {exc}", file=sys.stderr)
@@ -168,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def exec_config(args: argparse.Namespace) -> ExecConfig:
+    from kmsagent.supervise import ExecConfig, Policy, PolicyError
+
     argv = list(args.command_argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
@@ -175,14 +178,24 @@ def exec_config(args: argparse.Namespace) -> ExecConfig:
         raise InvalidInput("kmsagent exec: give the command after --")
     if not args.env and not args.env_all:
         raise InvalidInput("kmsagent exec: give --env NAME=SECRET[.FIELD] or --env-all")
+    try:
+        policy = Policy.parse(args.on_change)
+    except PolicyError as exc:
+        raise InvalidInput(str(exc)) from None
     return ExecConfig(
         argv=argv,
         specs=[parse_spec(e) for e in args.env],
         everything=args.env_all,
-        policy=Policy.parse(args.on_change),
+        policy=policy,
         jitter_s=max(0.0, args.restart_jitter),
         grace_s=max(0.0, args.grace),
     )
+
+
+async def _supervise(agent: Agent, config: ExecConfig) -> int:
+    from kmsagent.supervise import Supervisor
+
+    return await Supervisor(agent, config).run()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -242,7 +255,7 @@ async def run(args: argparse.Namespace) -> int:
         rendering = asyncio.create_task(follow(agent, args.renderer)) if args.renderer else syncing
         trimming = asyncio.create_task(trim_when_serving(agent))
         stopping: asyncio.Task[Any] = asyncio.create_task(
-            stop.wait() if args.exec_config is None else Supervisor(agent, args.exec_config).run()
+            stop.wait() if args.exec_config is None else _supervise(agent, args.exec_config)
         )
         status = 0
         try:

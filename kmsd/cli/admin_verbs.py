@@ -76,20 +76,45 @@ def cmd_iam_policy(c: Client, args: argparse.Namespace) -> None:
         doc = c.call("GET", "/v1/iam-policy/server")
     else:
         if not args.path:
-            raise CliError("iam-policy app needs PATH (namespace/application[/child...])")
-        query = urlencode([("source_cidr", cidr) for cidr in args.source_cidr or []])
-        doc = c.call(
-            "GET", f"/v1/iam-policy/app/{quote_path(args.path)}" + (f"?{query}" if query else "")
-        )
+            raise CliError(f"iam-policy {args.target} needs PATH (namespace/application[/...])")
+        if args.target == "drift":
+            doc = c.call("GET", f"/v1/iam-policy/drift/{quote_path(args.path)}")
+            if output_of(args) == "text":
+                print(drift_text(doc))
+                return
+        else:
+            query = [("shape", args.shape)] + [("source_cidr", n) for n in args.source_cidr or []]
+            doc = c.call("GET", f"/v1/iam-policy/app/{quote_path(args.path)}?{urlencode(query)}")
     # A policy is JSON whatever the output: text and json print it indented, jsonl on one line.
     print(json.dumps(doc, indent=2) if output_of(args) != "jsonl" else json.dumps(doc))
 
 
+def drift_text(doc: dict[str, Any]) -> str:
+    """Whether the hosts' policy last fetched still covers the application, for people."""
+    fetched = f"{doc['path']}: the policy fetched {doc.get('fetched_at')} ({doc.get('shape')})"
+    if doc.get("fetched_at") is None:
+        head = f"{doc['path']}: no policy fetched through kmsd yet; apply: kmsctl iam-policy app"
+    elif doc["needs_reapply"]:
+        head = f"{fetched} must be applied again"
+    else:
+        head = f"{fetched} still covers it"
+    lines = [head]
+    lines += [f"  not covered: {arn}" for arn in doc.get("uncovered") or []]
+    lines += [f"  added since: {name}" for name in doc.get("added_since") or []]
+    return "\n".join(lines)
+
+
 def add_iam_policy_verb(sub: Subparsers) -> None:
-    p = sub.add_parser("iam-policy", help="least-privilege IAM policies (JSON)")
-    p.add_argument("target", choices=("app", "server"))
-    p.add_argument("path", nargs="?", help="for app: namespace/application[/child...]")
+    p = sub.add_parser("iam-policy", help="least-privilege IAM policies (JSON), and their drift")
+    p.add_argument("target", choices=("app", "server", "drift"))
+    p.add_argument("path", nargs="?", help="for app and drift: namespace/application[/child...]")
     p.add_argument("--source-cidr", action="append", help="hosts' networks (aws:SourceIp)")
+    p.add_argument(
+        "--shape",
+        choices=("prefix", "exact"),
+        default="prefix",
+        help="prefix: covers the application's future secrets (default); exact: listed ARNs",
+    )
     p.set_defaults(func=cmd_iam_policy)
 
 

@@ -10,7 +10,6 @@ CSRF token, through the same handlers, access checks and audit rows as kmsctl.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Any
 
 import aiohttp_jinja2
@@ -22,7 +21,7 @@ from kmsd.http.access import authorize
 from kmsd.http.audit import audit_now
 from kmsd.http.console.pages import page, viewer
 from kmsd.http.rotations import _rotation_id, _secret_path
-from kmsd.keys import CLOCK, HUB, ROTATIONS
+from kmsd.keys import HUB, ROTATIONS
 
 EVENT_INTERVAL_S = 1.0
 FINAL = ("done", "aborted", "rolled_back")
@@ -50,20 +49,18 @@ async def rotation_page(request: web.Request) -> web.Response:
     path = await _secret_path(request, rotation_id)
     await authorize(request, "view", path)
     who = await viewer(request)
-    doc = shown(await request.app[ROTATIONS].describe(rotation_id), request.app[CLOCK].now())
+    doc = shown(await request.app[ROTATIONS].describe(rotation_id))
     return await page(
         request, "rotation.html", "rotations", who=who, doc=doc, can_change=who.may("rotate", path)
     )
 
 
-def shown(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """The rotation document with what the dashboard adds: elapsed time, the commands that
-    apply, with what each will do."""
+def shown(doc: dict[str, Any]) -> dict[str, Any]:
+    """The rotation document with what the dashboard adds: the commands that apply, with what
+    each will do. (The elapsed time is counted by the page: a fragment that changed every second
+    would be sent every second to every open dashboard.)"""
     roles = {v["role"]: v["version_id"] for v in doc["versions"] if v.get("role")}
-    started = datetime.fromisoformat(doc["started_at"])
-    elapsed = int((now - started).total_seconds())
     out = dict(doc)
-    out["elapsed"] = f"{elapsed // 3600}h {elapsed // 60 % 60:02d}m {elapsed % 60:02d}s"
     out["commands"] = machine.offered(
         doc["phase"], doc["paused"], roles.get("new", "the new version"), roles.get("old", "")
     )
@@ -104,7 +101,7 @@ async def rotation_events(request: web.Request) -> web.StreamResponse:
             break
         doc = await request.app[ROTATIONS].describe(rotation_id)
         who = await viewer(request)
-        text = fragment(request, shown(doc, request.app[CLOCK].now()), who.may("rotate", path))
+        text = fragment(request, shown(doc), who.may("rotate", path))
         if text != last:
             await response.write(event(text))
             last = text

@@ -11,4 +11,14 @@
     document.dispatchEvent(new CustomEvent("kmsd:redrawn", { detail: view }));
   };
   stream.addEventListener("end", () => stream.close());
+  // The time since the start of an active rotation, counted here (the server sends a fragment
+  // only when the rotation changes).
+  const tick = () => {
+    for (const el of view.querySelectorAll(".clock[data-since]")) {
+      const s = Math.max(0, Math.floor((Date.now() - Date.parse(el.dataset.since)) / 1000));
+      el.textContent = `${Math.floor(s / 3600)}h ${String(Math.floor(s / 60) % 60).padStart(2, "0")}m ${String(s % 60).padStart(2, "0")}s`;
+    }
+  };
+  tick();
+  setInterval(tick, 1000);
 })();
